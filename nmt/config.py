@@ -1,0 +1,132 @@
+"""Configuration: one dataclass per concern.
+
+Every field maps one to one onto a command-line flag (``emb_size`` -> ``--emb-size``,
+see :mod:`nmt.cli`), and the model/vocabulary configs are stored in the checkpoint's
+``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+ATTENTION_KINDS = ("none", "dot", "general", "concat")
+OPTIMIZERS = ("sgd", "adagrad", "adadelta", "adam")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    """A dataclass field whose help text the CLI shows."""
+    return field(metadata={"help": text, **kw.pop("meta", {})}, **kw)
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text is and how it is batched."""
+
+    train_src: str = _help("training source file (plain or .gz, one sentence per line)", default="")
+    train_tgt: str = _help("training target file", default="")
+    valid_src: str = _help("validation source file", default="")
+    valid_tgt: str = _help("validation target file", default="")
+    src_lang: str = _help("source language code (Moses tokenizer)", default="de")
+    tgt_lang: str = _help("target language code", default="en")
+    max_len: int = _help("drop training pairs with a side longer than this (tokens)", default=50)
+    batch_size: int = _help("sentences per batch", default=64)
+    curriculum: bool = _help("first epoch in length order (seq2seq-attn -curriculum)", default=False)
+
+
+@dataclass
+class VocabConfig:
+    """How the word vocabularies are built from the training data."""
+
+    src_vocab_size: int = _help("keep at most this many source words", default=50000)
+    tgt_vocab_size: int = _help("keep at most this many target words", default=50000)
+    min_freq: int = _help("keep words seen at least this often", default=1)
+
+
+@dataclass
+class ModelConfig:
+    """The network. Stored in the checkpoint; vocabulary sizes are filled in at build time."""
+
+    emb_size: int = _help("word embedding size", default=256)
+    hidden: int = _help("LSTM hidden size (bi-LSTM: split over the two directions)", default=256)
+    layers: int = _help("LSTM layers in the encoder and in the decoder", default=1)
+    brnn: bool = _help("bidirectional encoder", default=True)
+    reverse_src: bool = _help("encode the source reversed (Sutskever et al.)", default=False)
+    attention: str = _help("global attention kind", default="general", meta={"choices": ATTENTION_KINDS})
+    input_feed: bool = _help("Luong input feeding (ignored with attention none)", default=True)
+    init_dec: bool = _help("initialise the decoder from the encoder's final state (else zeros)", default=True)
+    bridge: bool = _help("pass the encoder's final state through a linear+tanh bridge", default=False)
+    dropout: float = _help("dropout on embeddings, between layers and on the decoder output", default=0.3)
+    tie_embeddings: bool = _help("share decoder input embeddings with the output layer", default=False)
+    param_init: float = _help("uniform initialisation range (0: PyTorch defaults)", default=0.1)
+    src_vocab: int = _help("source vocabulary size (set from the data)", default=0)
+    tgt_vocab: int = _help("target vocabulary size (set from the data)", default=0)
+
+    def validate(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.brnn and self.hidden % 2:
+            raise ValueError("a bidirectional encoder needs an even --hidden")
+        if self.tie_embeddings and self.emb_size != self.hidden:
+            raise ValueError("--tie-embeddings needs --emb-size equal to --hidden")
+        if self.layers < 1 or self.hidden < 1 or self.emb_size < 1:
+            raise ValueError("--layers, --hidden and --emb-size must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("--dropout must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation."""
+
+    save_dir: str = _help("folder for checkpoints and metrics", default="runs/model")
+    epochs: int = _help("number of epochs", default=15)
+    optim: str = _help("optimizer", default="adam", meta={"choices": OPTIMIZERS})
+    learning_rate: float = _help("initial learning rate", default=0.001)
+    lr_decay: float = _help("multiply the learning rate by this on decay", default=0.5)
+    start_decay_at: int = _help("decay every epoch from this epoch on (0: never)", default=0)
+    decay_on_plateau: bool = _help("decay when validation perplexity does not improve", default=True)
+    max_grad_norm: float = _help("clip the gradient norm to this (0: no clipping)", default=5.0)
+    label_smoothing: float = _help("label smoothing epsilon", default=0.0)
+    scheduled_sampling: float = _help("probability of feeding the model's own prediction", default=0.0)
+    seed: int = _help("random seed", default=3435)
+    device: str = _help("cpu, cuda or auto", default="auto")
+    amp: bool = _help("mixed precision (bf16 autocast; default on CUDA only)", default=False)
+    threads: int = _help("CPU threads (0: PyTorch default)", default=0)
+    valid_bleu_sents: int = _help("validation sentences greedily decoded for the epoch BLEU (0: all)", default=0)
+    select_by: str = _help("keep the best checkpoint by this validation score", default="bleu", meta={"choices": ("bleu", "ppl")})
+    train_from: str = _help("resume from this save dir's last checkpoint", default="")
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings for translation."""
+
+    beam_size: int = _help("beam size (1: greedy)", default=5)
+    n_best: int = _help("hypotheses returned per sentence", default=1)
+    length_penalty: float = _help("alpha: scores are log-prob / length**alpha", default=0.0)
+    max_len_a: float = _help("maximum output length = a * source length + b", default=2.0)
+    max_len_b: int = _help("see --max-len-a", default=10)
+    replace_unk: bool = _help("replace <unk> by the most attended source word", default=False)
+    lexicon: str = _help("'source ||| target' file used by --replace-unk", default="")
+    batch_size: int = _help("sentences per batch", default=30)
+
+    def validate(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError("beam size must be at least 1")
+        if not 1 <= self.n_best <= self.beam_size:
+            raise ValueError(f"n_best must be between 1 and the beam size ({self.beam_size})")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Build ``cls`` from a dict, ignoring unknown keys (forward compatible)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

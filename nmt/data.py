@@ -1,0 +1,142 @@
+"""Reading parallel text and cutting it into length-bucketed batches."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import DataError
+from .tokenization import get_tokenizer
+from .vocabulary import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a UTF-8 text file, plain or gzipped, without line ends."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines: list[str] = []
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}, line {number}: not valid UTF-8 ({exc.reason})") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if not lines:
+        raise DataError(f"{path}: the file is empty")
+    return lines
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
+    """Line-aligned source and target sentences; mismatched files are an error."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        short, n = (src_path, len(src)) if len(src) < len(tgt) else (tgt_path, len(tgt))
+        raise DataError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
+            f"{short} ends after line {n}, so line {n + 1} has no translation"
+        )
+    return src, tgt
+
+
+def tokenize_all(lines: list[str], lang: str) -> list[list[str]]:
+    tok = get_tokenizer(lang)
+    return [tok.tokenize(line) for line in lines]
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (batch, src_len) token ids, PAD-padded
+    src_lengths: torch.Tensor  # (batch,)
+    tgt_in: torch.Tensor  # (batch, tgt_len) <s> w1 .. wn
+    tgt_out: torch.Tensor  # (batch, tgt_len) w1 .. wn </s>
+    index: list[int]  # positions of these examples in the dataset
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.src.to(device), self.src_lengths.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.index)
+
+    @property
+    def n_tgt_tokens(self) -> int:
+        return int((self.tgt_out != PAD_ID).sum())
+
+
+def pad(seqs: list[list[int]], value: int = PAD_ID) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+class ParallelDataset:
+    """Token-id pairs, with batching by length."""
+
+    def __init__(self, src: list[list[int]], tgt: list[list[int]]):
+        if len(src) != len(tgt):
+            raise ValueError("source and target differ in length")
+        self.src, self.tgt = src, tgt
+
+    @classmethod
+    def from_files(cls, src_path, tgt_path, src_lang: str, tgt_lang: str, src_vocab: Vocabulary,
+                   tgt_vocab: Vocabulary, max_len: int = 0) -> "ParallelDataset":
+        src_tok, tgt_tok = tokenize_pair_files(src_path, tgt_path, src_lang, tgt_lang, max_len)
+        return cls([src_vocab.encode(s) for s in src_tok], [tgt_vocab.encode(t) for t in tgt_tok])
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def make_batch(self, index: list[int]) -> Batch:
+        src = [self.src[i] for i in index]
+        tgt = [self.tgt[i] for i in index]
+        return Batch(
+            src=pad(src),
+            src_lengths=torch.tensor([len(s) for s in src], dtype=torch.long),
+            tgt_in=pad([[BOS_ID] + t for t in tgt]),
+            tgt_out=pad([t + [EOS_ID] for t in tgt]),
+            index=list(index),
+        )
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, in_order: bool = False) -> Iterator[Batch]:
+        """Batches of similar length. ``shuffle``: random buckets and batch order from ``seed``;
+        ``in_order``: batches by increasing length (curriculum)."""
+        rng = random.Random(seed)
+        order = list(range(len(self)))
+        if shuffle and not in_order:
+            rng.shuffle(order)  # random tie-breaking between equal lengths
+        order.sort(key=lambda i: (len(self.src[i]), len(self.tgt[i])))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if shuffle and not in_order:
+            rng.shuffle(chunks)
+        for chunk in chunks:
+            yield self.make_batch(chunk)
+
+
+def tokenize_pair_files(src_path, tgt_path, src_lang: str, tgt_lang: str, max_len: int = 0):
+    """Tokenized pairs; empty pairs and (with ``max_len``) over-long pairs are dropped and counted."""
+    src_lines, tgt_lines = read_parallel(src_path, tgt_path)
+    src_tok, tgt_tok = tokenize_all(src_lines, src_lang), tokenize_all(tgt_lines, tgt_lang)
+    keep = [i for i in range(len(src_tok)) if src_tok[i] and tgt_tok[i]]
+    empty = len(src_tok) - len(keep)
+    if max_len:
+        kept = [i for i in keep if len(src_tok[i]) <= max_len and len(tgt_tok[i]) <= max_len]
+        long, keep = len(keep) - len(kept), kept
+    else:
+        long = 0
+    if empty or long:
+        log.warning("%s: dropped %d empty and %d pairs longer than %d tokens (kept %d of %d)",
+                    src_path, empty, long, max_len, len(keep), len(src_tok))
+    if not keep:
+        raise DataError(f"{src_path}: no sentence pair left after dropping empty/long ones")
+    return [src_tok[i] for i in keep], [tgt_tok[i] for i in keep]
