@@ -1,0 +1,68 @@
+"""The LSTM decoder with Luong input feeding and global attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import GlobalAttention
+from .embeddings import WordEmbeddings
+
+# A decoding state is a dict of batch-first tensors, so that search can reorder every
+# entry with one ``index_select(0, ...)``:
+#   h, c   (batch, layers, hidden)   LSTM states
+#   feed   (batch, hidden)           previous attentional output (input feeding)
+#   memory (batch, src_len, mem)     encoder outputs
+#   keys   (batch, src_len, hidden)  attention keys, precomputed once per sentence
+#   mask   (batch, src_len)          True at real source tokens
+State = dict[str, torch.Tensor]
+
+
+class InputFeedDecoder(nn.Module):
+    def __init__(self, embeddings: WordEmbeddings, hidden: int, layers: int, attention: str,
+                 memory_size: int, input_feed: bool, dropout: float):
+        super().__init__()
+        self.embeddings = embeddings
+        self.input_feed = input_feed and attention != "none"
+        in_size = embeddings.output_size + (hidden if self.input_feed else 0)
+        self.cells = nn.ModuleList(nn.LSTMCell(in_size if i == 0 else hidden, hidden) for i in range(layers))
+        self.attention = GlobalAttention(attention, hidden, memory_size) if attention != "none" else None
+        self.dropout = nn.Dropout(dropout)
+        self.hidden = hidden
+
+    def init_state(self, memory, mask, h, c) -> State:
+        """h, c: (batch, layers, hidden) initial LSTM states."""
+        keys = self.attention.keys(memory) if self.attention is not None else memory[:, :0]
+        feed = memory.new_zeros(memory.size(0), self.hidden)
+        return {"h": h, "c": c, "feed": feed, "memory": memory, "keys": keys, "mask": mask}
+
+    def step(self, emb: torch.Tensor, state: State):
+        """One step from embedded input (batch, emb). Returns output (batch, hidden),
+        attention (batch, src_len) or None, and the new state."""
+        x = torch.cat([emb, state["feed"]], dim=-1) if self.input_feed else emb
+        hs, cs = [], []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x, (state["h"][:, i], state["c"][:, i]))
+            hs.append(h)
+            cs.append(c)
+            x = self.dropout(h)
+        if self.attention is not None:
+            out, attn = self.attention(h, state["memory"], state["keys"], state["mask"])
+        else:
+            out, attn = h, None
+        out = self.dropout(out)
+        new = dict(state)
+        new.update(h=torch.stack(hs, 1), c=torch.stack(cs, 1), feed=out)
+        return out, attn, new
+
+    def forward(self, tgt_in: torch.Tensor, state: State):
+        """Teacher-forced decoding of (batch, tgt_len): outputs (batch, tgt_len, hidden),
+        attention (batch, tgt_len, src_len) or None."""
+        emb = self.embeddings(tgt_in)  # (batch, tgt_len, emb)
+        outs, attns = [], []
+        for t in range(tgt_in.size(1)):
+            out, attn, state = self.step(emb[:, t], state)
+            outs.append(out)
+            attns.append(attn)
+        attn = torch.stack(attns, 1) if self.attention is not None else None
+        return torch.stack(outs, 1), attn

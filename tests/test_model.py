@@ -1,0 +1,75 @@
+"""The network: sizes, padding invariance, reversed sources, the fused loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.encoders import reverse_index
+from nmt.model import Seq2Seq
+from nmt.training import sequence_loss
+
+
+def test_reference_architecture_has_opennmt_parameter_count():
+    """bi-LSTM 256, 1 layer, general attention, input feed, 256-d embeddings, Multi30k vocabularies:
+    OpenNMT-py reports 6.63 M parameters for this model."""
+    cfg = ModelConfig(src_vocab=8021, tgt_vocab=6221, emb_size=256, hidden=256, attention="general")
+    assert Seq2Seq(cfg).num_parameters() == pytest.approx(6.63e6, rel=0.002)
+    tied = ModelConfig(**{**cfg.__dict__, "tie_embeddings": True})
+    assert Seq2Seq(cfg).num_parameters() - Seq2Seq(tied).num_parameters() == 6221 * 256
+
+
+@pytest.mark.parametrize("attention", ["none", "dot", "general", "concat"])
+@pytest.mark.parametrize("reverse_src", [False, True])
+def test_padding_does_not_change_a_sentence(attention, reverse_src):
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(src_vocab=20, tgt_vocab=20, emb_size=8, hidden=12, layers=2, attention=attention,
+                                reverse_src=reverse_src, dropout=0.0, bridge=True)).eval()
+    src = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    tgt = torch.tensor([[2, 10, 11], [2, 10, 11]])
+    logits, attn = model(src, torch.tensor([5, 3]), tgt)
+    alone, attn_alone = model(src[1:, :3], torch.tensor([3]), tgt[1:])
+    assert torch.allclose(logits[1], alone[0], atol=1e-5)
+    if attention != "none":
+        assert torch.allclose(attn[1, :, :3], attn_alone[0], atol=1e-6)
+        assert torch.all(attn[1, :, 3:] == 0)
+    else:
+        assert attn is None
+
+
+def test_reverse_src_reads_the_sentence_backwards_but_keeps_positions():
+    idx = reverse_index(torch.tensor([3, 5]), 5)
+    assert idx.tolist() == [[2, 1, 0, 3, 4], [4, 3, 2, 1, 0]]
+    torch.manual_seed(0)
+    cfg = dict(src_vocab=20, tgt_vocab=20, emb_size=8, hidden=8, brnn=False, dropout=0.0)
+    fwd = Seq2Seq(ModelConfig(**cfg)).eval()
+    rev = Seq2Seq(ModelConfig(**cfg, reverse_src=True)).eval()
+    rev.load_state_dict(fwd.state_dict())
+    src, lengths = torch.tensor([[5, 6, 7]]), torch.tensor([3])
+    mem_rev, _ = rev.encoder(src, lengths)
+    mem_fwd, _ = fwd.encoder(src.flip(1), lengths)
+    assert torch.allclose(mem_rev, mem_fwd.flip(1), atol=1e-6)  # memory stays aligned with source positions
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="attention"):
+        Seq2Seq(ModelConfig(src_vocab=10, tgt_vocab=10, attention="luong"))
+    with pytest.raises(ValueError, match="tie"):
+        Seq2Seq(ModelConfig(src_vocab=10, tgt_vocab=10, emb_size=8, hidden=16, tie_embeddings=True))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_loss_matches_pytorch(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    target = torch.randint(1, 11, (3, 5))
+    target[0, 3:] = 0  # padding
+    loss, nll = sequence_loss(logits, target, smoothing)
+    (grad,) = torch.autograd.grad(loss, logits)
+    mask = target != 0
+    ref = torch.nn.functional.cross_entropy(logits[mask], target[mask], label_smoothing=smoothing, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert nll.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum").item(), rel=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
