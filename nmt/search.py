@@ -1,0 +1,197 @@
+"""Greedy and beam search, vectorized over batch x beam.
+
+Search talks to a model through two calls (``Seq2Seq`` implements them; the tests use a
+scripted toy model):
+
+* ``encode(src, lengths) -> state``: a dict of batch-first tensors;
+* ``step(prev_tokens, state) -> (log_probs (rows, vocab), attention (rows, src_len) or None, state)``.
+
+Every state entry is reordered with ``index_select(0, rows)``, so a hypothesis keeps its
+own decoder state and attention history when the beam is reordered.
+
+Scores are length-normalized: ``sum log p / length ** alpha`` where the length counts the
+end-of-sentence token. A sentence stops when its ``n_best`` finished hypotheses can no
+longer be beaten by any open one under that normalization; sentences that stopped are
+dropped from the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .vocabulary import BOS_ID, EOS_ID
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without </s>
+    score: float  # length-normalized log-probability
+    attention: torch.Tensor | None  # (len(tokens), src_len) over the real source positions
+
+
+def max_lengths(lengths: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Per-sentence output length limit (tokens before </s>), at least 1."""
+    return (lengths.float() * a + b).floor().long().clamp(min=1)
+
+
+def normalize(score: torch.Tensor, length, alpha: float) -> torch.Tensor:
+    return score / (length ** alpha) if alpha else score
+
+
+def _select(state: dict, rows: torch.Tensor) -> dict:
+    return {k: v.index_select(0, rows) for k, v in state.items()}
+
+
+@torch.inference_mode()
+def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 10,
+                  length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+    """Most probable token at every step; the same as beam search with beam 1."""
+    state = model.encode(src, lengths)
+    batch, device = src.size(0), src.device
+    limit = max_lengths(lengths, max_len_a, max_len_b)
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    score = torch.zeros(batch, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    out_len = torch.zeros(batch, dtype=torch.long, device=device)
+    tokens, attns = [], []
+    for t in range(int(limit.max()) + 1):
+        logp, attn, state = model.step(prev, state)
+        forced = (t >= limit).unsqueeze(1)  # only </s> allowed past the limit
+        logp = torch.where(forced & (torch.arange(logp.size(1), device=device) != EOS_ID), NEG_INF, logp)
+        best_logp, prev = logp.max(dim=-1)
+        score = torch.where(finished, score, score + best_logp)
+        out_len = torch.where(finished, out_len, out_len + 1)
+        finished = finished | (prev == EOS_ID)
+        tokens.append(prev)
+        attns.append(attn)
+        if bool(finished.all()):
+            break
+    toks = torch.stack(tokens, 1).tolist()  # (batch, steps)
+    attn_all = torch.stack(attns, 1) if attns[0] is not None else None  # (batch, steps, src_len)
+    results = []
+    for i in range(batch):
+        n = int(out_len[i]) - 1  # tokens before </s>
+        att = attn_all[i, :n, : int(lengths[i])].float().cpu() if attn_all is not None else None
+        results.append([Hypothesis(toks[i][:n], float(normalize(score[i], n + 1, length_penalty)), att)])
+    return results
+
+
+@torch.inference_mode()
+def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length_penalty: float = 0.0,
+                max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 1) -> list[list[Hypothesis]]:
+    """Batched beam search. Returns, per sentence, its ``n_best`` hypotheses, best first.
+
+    ``check_every``: how often (steps) to look for finished sentences and drop them; each
+    check synchronises with the device, so a GPU may prefer a few steps between checks.
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError("n_best must be between 1 and the beam size")
+    batch, device, K = src.size(0), src.device, beam_size
+    limit_all = max_lengths(lengths, max_len_a, max_len_b)
+    steps = int(limit_all.max()) + 1
+    src_len = src.size(1)
+    state = _select(model.encode(src, lengths), torch.arange(batch, device=device).repeat_interleave(K))
+
+    # Results of sentences that stopped, by original position.
+    res_score = torch.full((batch, n_best), NEG_INF, device=device)
+    res_tok = torch.zeros((batch, n_best, steps), dtype=torch.long, device=device)
+    res_len = torch.zeros((batch, n_best), dtype=torch.long, device=device)
+    res_attn = torch.zeros((batch, n_best, steps, src_len), device=device)
+
+    # The active sentences.
+    active = torch.arange(batch, device=device)
+    limit = limit_all
+    alive_score = torch.full((batch, K), NEG_INF, device=device)
+    alive_score[:, 0] = 0.0
+    alive_tok = torch.zeros((batch * K, 0), dtype=torch.long, device=device)
+    alive_attn = torch.zeros((batch * K, 0, src_len), device=device)
+    fin_score = torch.full((batch, n_best), NEG_INF, device=device)
+    fin_tok = torch.zeros((batch, n_best, steps), dtype=torch.long, device=device)
+    fin_len = torch.zeros((batch, n_best), dtype=torch.long, device=device)
+    fin_attn = torch.zeros((batch, n_best, steps, src_len), device=device)
+    prev = torch.full((batch * K,), BOS_ID, dtype=torch.long, device=device)
+    has_attn = True
+
+    for t in range(steps):
+        rows = active.size(0)
+        logp, attn, state = model.step(prev, state)  # (rows*K, V), (rows*K, src_len)
+        if attn is None:
+            has_attn, attn = False, logp.new_zeros(logp.size(0), src_len)
+        vocab = logp.size(-1)
+        forced = (t >= limit).view(rows, 1, 1)  # past the limit only </s> is allowed
+        logp = logp.view(rows, K, vocab)
+        logp = torch.where(forced & (torch.arange(vocab, device=device) != EOS_ID), NEG_INF, logp)
+        cand = (alive_score.unsqueeze(-1) + logp).view(rows, K * vocab)
+        top_score, top_idx = cand.topk(2 * K, dim=-1)  # (rows, 2K), best first
+        parent = top_idx // vocab  # beam each candidate extends
+        token = top_idx % vocab
+        is_eos = token == EOS_ID
+        flat_parent = (torch.arange(rows, device=device).unsqueeze(1) * K + parent).view(-1)  # (rows*2K,)
+
+        # Candidates ending in </s> among the K best become finished hypotheses.
+        rank = torch.arange(2 * K, device=device).unsqueeze(0)
+        new_fin = torch.where(is_eos & (rank < K), normalize(top_score, t + 1, length_penalty), NEG_INF)
+        pool_score = torch.cat([fin_score, new_fin], dim=1)  # (rows, n_best + 2K)
+        fin_score, pick = pool_score.topk(n_best, dim=-1)
+        cand_tok = torch.zeros((rows, 2 * K, steps), dtype=torch.long, device=device)
+        cand_tok[:, :, :t] = alive_tok.index_select(0, flat_parent).view(rows, 2 * K, t)
+        cand_attn = torch.zeros((rows, 2 * K, steps, src_len), device=device)
+        cand_attn[:, :, :t] = alive_attn.index_select(0, flat_parent).view(rows, 2 * K, t, src_len)
+        fin_tok = _gather_rows(torch.cat([fin_tok, cand_tok], 1), pick)
+        fin_attn = _gather_rows(torch.cat([fin_attn, cand_attn], 1), pick)
+        fin_len = _gather_rows(torch.cat([fin_len, torch.full_like(top_idx, t)], 1), pick)
+
+        # The K best candidates that do not end continue.
+        alive_score, keep = torch.where(is_eos, NEG_INF, top_score).topk(K, dim=-1)  # (rows, K)
+        rows_sel = flat_parent.view(rows, 2 * K).gather(1, keep).view(-1)  # (rows*K,)
+        prev = token.gather(1, keep).view(-1)
+        state = _select(state, rows_sel)
+        alive_tok = torch.cat([alive_tok.index_select(0, rows_sel), prev.unsqueeze(1)], 1)
+        alive_attn = torch.cat([alive_attn.index_select(0, rows_sel), attn.index_select(0, rows_sel).unsqueeze(1)], 1)
+
+        if (t + 1) % check_every and t + 1 < steps:
+            continue
+        # Stop a sentence once its n-best-th finished hypothesis beats every open one's best case.
+        best_len = (limit + 1).float() if length_penalty > 0 else torch.full_like(limit, t + 2).float()
+        bound = torch.where(alive_score[:, 0] > NEG_INF, alive_score[:, 0] / best_len ** length_penalty, NEG_INF)
+        done = (fin_score[:, -1] >= bound) | (t + 1 > limit) | (t + 1 == steps)
+        if not bool(done.any()):
+            continue
+        ids = active[done]
+        res_score[ids], res_tok[ids], res_len[ids], res_attn[ids] = fin_score[done], fin_tok[done], fin_len[done], fin_attn[done]
+        if bool(done.all()):
+            break
+        keep_rows = (~done).nonzero().squeeze(1)
+        keep_beams = (keep_rows.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
+        active, limit, alive_score = active[keep_rows], limit[keep_rows], alive_score[keep_rows]
+        fin_score, fin_tok, fin_len, fin_attn = fin_score[keep_rows], fin_tok[keep_rows], fin_len[keep_rows], fin_attn[keep_rows]
+        state = _select(state, keep_beams)
+        prev, alive_tok, alive_attn = prev[keep_beams], alive_tok[keep_beams], alive_attn[keep_beams]
+
+    return _collect(res_score, res_tok, res_len, res_attn if has_attn else None, lengths)
+
+
+def _gather_rows(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """x (rows, n, ...) indexed by pick (rows, m) along dim 1 -> (rows, m, ...)."""
+    index = pick.view(*pick.shape, *([1] * (x.dim() - 2))).expand(*pick.shape, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def _collect(score, tok, length, attn, src_lengths) -> list[list[Hypothesis]]:
+    score_l, tok_l, len_l = score.tolist(), tok.tolist(), length.tolist()
+    out = []
+    for i in range(len(score_l)):
+        hyps = []
+        for j, s in enumerate(score_l[i]):
+            if s == NEG_INF or math.isnan(s):
+                continue
+            n = len_l[i][j]
+            att = attn[i, j, :n, : int(src_lengths[i])].float().cpu() if attn is not None else None
+            hyps.append(Hypothesis(tok_l[i][j][:n], s, att))
+        out.append(hyps)
+    return out

@@ -1,0 +1,150 @@
+"""Beam search against a scripted toy model whose step probabilities are chosen by hand."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmt.search import beam_search, greedy_search
+from nmt.vocabulary import BOS_ID, EOS_ID
+
+W1, W2 = 4, 5  # the toy vocabulary: 4 specials + two words
+V = 6
+
+
+class ToyModel:
+    """log p(next | step t, previous token) comes from a table (steps, V, V).
+
+    Attention at each step is one-hot on source position (previous token % src_len), so a
+    hypothesis' attention history tells which tokens it was built from."""
+
+    def __init__(self, probs: torch.Tensor):
+        self.logp = probs.clamp_min(1e-30).log()
+
+    def encode(self, src, lengths):
+        n = src.size(0)
+        return {"t": torch.zeros(n, dtype=torch.long), "mask": src != 0}
+
+    def step(self, prev, state):
+        t = state["t"].clamp(max=self.logp.size(0) - 1)
+        logp = self.logp[t, prev]  # (rows, V)
+        src_len = state["mask"].size(1)
+        attn = torch.nn.functional.one_hot(prev % src_len, src_len).float()
+        return logp, attn, {"t": state["t"] + 1, "mask": state["mask"]}
+
+
+def table(rows: dict[tuple[int, int], dict[int, float]], steps: int = 4) -> torch.Tensor:
+    """Probabilities: rows[(t, prev)] = {token: p}; unlisted rows end the sentence."""
+    probs = torch.zeros(steps, V, V)
+    probs[:, :, EOS_ID] = 1.0
+    for (t, prev), dist in rows.items():
+        probs[t, prev] = 0.0
+        for tok, p in dist.items():
+            probs[t, prev, tok] = p
+    return probs
+
+
+# Greedy takes w1 w1 (0.5 * 0.45 * 1); beam 2 finds w2 (0.4 * 0.95) which is better.
+TABLE = table({
+    (0, BOS_ID): {W1: 0.5, W2: 0.4, EOS_ID: 0.1},
+    (1, W1): {W1: 0.45, W2: 0.35, EOS_ID: 0.2},
+    (1, W2): {EOS_ID: 0.95, W1: 0.025, W2: 0.025},
+})
+SRC = torch.tensor([[7, 8]])
+LEN = torch.tensor([2])
+
+
+def test_greedy_follows_the_most_probable_token():
+    [[hyp]] = greedy_search(ToyModel(TABLE), SRC, LEN, max_len_a=0, max_len_b=3)
+    assert hyp.tokens == [W1, W1]
+    assert hyp.score == pytest.approx(math.log(0.5 * 0.45 * 1.0), abs=1e-6)
+
+
+def test_beam_finds_the_better_hypothesis_and_exact_n_best():
+    hyps = beam_search(ToyModel(TABLE), SRC, LEN, beam_size=2, n_best=2, max_len_a=0, max_len_b=3)[0]
+    assert [h.tokens for h in hyps] == [[W2], [W1, W1]]
+    assert [h.score for h in hyps] == pytest.approx([math.log(0.4 * 0.95), math.log(0.5 * 0.45)], abs=1e-6)
+
+
+def test_length_penalty_divides_by_length_including_eos():
+    hyps = beam_search(ToyModel(TABLE), SRC, LEN, beam_size=2, n_best=2, length_penalty=1.0, max_len_a=0, max_len_b=3)[0]
+    expected = sorted([(math.log(0.4 * 0.95) / 2, [W2]), (math.log(0.5 * 0.45) / 3, [W1, W1]),
+                       (math.log(0.5 * 0.35) / 3, [W1, W2])], reverse=True)[:2]
+    assert [h.tokens for h in hyps] == [e[1] for e in expected]
+    assert [h.score for h in hyps] == pytest.approx([e[0] for e in expected], abs=1e-6)
+
+
+def test_attention_history_follows_its_own_hypothesis():
+    hyps = beam_search(ToyModel(TABLE), SRC, LEN, beam_size=2, n_best=2, max_len_a=0, max_len_b=3)[0]
+    for h in hyps:
+        prevs = [BOS_ID] + h.tokens[:-1]
+        expected = torch.nn.functional.one_hot(torch.tensor(prevs) % 2, 2).float()
+        assert torch.equal(h.attention, expected)
+
+
+def test_max_length_forces_the_end():
+    never_ends = table({(t, p): {W1: 1.0} for t in range(4) for p in range(V)})
+    hyps = beam_search(ToyModel(never_ends), SRC, LEN, beam_size=2, max_len_a=0, max_len_b=2)[0]
+    assert hyps[0].tokens == [W1, W1]
+    [[g]] = greedy_search(ToyModel(never_ends), SRC, LEN, max_len_a=0, max_len_b=2)
+    assert g.tokens == [W1, W1]
+
+
+def test_sentences_in_one_batch_do_not_interact():
+    model = ToyModel(TABLE)
+    src = torch.tensor([[7, 8, 9], [7, 8, 0]])
+    lengths = torch.tensor([3, 2])
+    together = beam_search(model, src, lengths, beam_size=2, n_best=2, max_len_a=1, max_len_b=1)
+    alone = [beam_search(model, src[i : i + 1, : int(lengths[i])], lengths[i : i + 1], beam_size=2, n_best=2,
+                         max_len_a=1, max_len_b=1)[0] for i in range(2)]
+    for a, b in zip(together, alone):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b])
+
+
+def exhaustive(probs: torch.Tensor, max_len: int, alpha: float):
+    """All complete sequences (<= max_len words, then </s>) with their normalized scores."""
+    logp = probs.clamp_min(1e-30).log()
+    out = []
+    for n in range(max_len + 1):
+        for words in itertools.product((W1, W2), repeat=n):
+            prev, score = BOS_ID, 0.0
+            for t, w in enumerate(words + (EOS_ID,)):
+                score += float(logp[min(t, logp.size(0) - 1), prev, w])
+                prev = w
+            out.append((score / (n + 1) ** alpha, list(words)))
+    return sorted(out, key=lambda x: -x[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.05, 1.0), min_size=4 * 3 * 3, max_size=4 * 3 * 3), st.sampled_from([0.0, 0.6, 1.0]))
+def test_wide_beam_is_exact_search(weights, alpha):
+    """With a beam as wide as the whole search space, beam search returns the true best sequences."""
+    probs = torch.zeros(4, V, V)
+    w = torch.tensor(weights).view(4, 3, 3)
+    for t in range(4):
+        for i, prev in enumerate((BOS_ID, W1, W2)):
+            probs[t, prev, [W1, W2, EOS_ID]] = w[t, i] / w[t, i].sum()
+    max_len = 3
+    best = exhaustive(probs, max_len, alpha)
+    hyps = beam_search(ToyModel(probs), SRC, LEN, beam_size=8, n_best=3, length_penalty=alpha,
+                       max_len_a=0, max_len_b=max_len)[0]
+    assert [h.score for h in hyps] == pytest.approx([b[0] for b in best[:3]], abs=1e-5)
+    assert hyps[0].tokens == best[0][1] or best[0][0] == pytest.approx(best[1][0], abs=1e-6)
+
+
+def test_beam_one_equals_greedy_on_random_models():
+    torch.manual_seed(0)
+    for _ in range(20):
+        probs = torch.softmax(torch.randn(5, V, V) * 2, -1)
+        probs[:, :, :3] = 0
+        probs = probs / probs.sum(-1, keepdim=True)
+        g = greedy_search(ToyModel(probs), SRC, LEN, max_len_a=0, max_len_b=4)[0][0]
+        b = beam_search(ToyModel(probs), SRC, LEN, beam_size=1, max_len_a=0, max_len_b=4)[0][0]
+        assert g.tokens == b.tokens
+        assert g.score == pytest.approx(b.score, abs=1e-6)
