@@ -1,0 +1,317 @@
+"""Training: masked (label-smoothed) cross-entropy, validation, LR decay, resumable checkpoints.
+
+A save dir holds ``last/`` (resumable: weights, optimizer, RNG, epoch), ``best/`` (the best
+epoch by validation score, a plain model folder) and ``metrics.jsonl`` (one line per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, atomic_dir, load_checkpoint, resolve_dir, write_model_files
+from .config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
+from .data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
+from .errors import CheckpointError
+from .evaluation import corpus_scores
+from .model import Seq2Seq
+from .translator import Translator, perplexity
+from .vocabulary import PAD_ID, Vocabulary
+
+log = logging.getLogger(__name__)
+OPTIMIZER_FILE, RNG_FILE, STATE_FILE = "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
+
+
+def pick_training_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    optimizers = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+                  "adadelta": torch.optim.Adadelta, "adam": torch.optim.Adam}
+    if name not in optimizers:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(optimizers)}")
+    kwargs = {"foreach": True} if name != "adam" else {"fused": True}
+    return optimizers[name](params, lr=lr, **kwargs)
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """Label-smoothed cross-entropy over rows of logits, fused: one softmax pass backward.
+
+    Returns the summed loss and (not differentiable) the summed NLL."""
+
+    @staticmethod
+    def forward(ctx, logits, target, smoothing):  # logits (n, vocab), target (n,)
+        lse = torch.logsumexp(logits, dim=-1)
+        nll = lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = (1.0 - smoothing) * nll + smoothing * (lse - logits.mean(-1)) if smoothing else nll
+        ctx.save_for_backward(logits, lse, target)
+        ctx.smoothing = smoothing
+        nll_sum = nll.sum()
+        ctx.mark_non_differentiable(nll_sum)
+        return loss.sum(), nll_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):
+        logits, lse, target = ctx.saved_tensors
+        eps = ctx.smoothing
+        grad = torch.exp(logits - lse.unsqueeze(1))  # softmax
+        if eps:
+            grad.sub_(eps / logits.size(1))
+        grad[torch.arange(grad.size(0), device=grad.device), target] -= 1.0 - eps
+        return grad.mul_(grad_loss), None, None
+
+
+def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed training loss (label-smoothed) and summed NLL over non-padding targets.
+    logits (batch, len, vocab) or already (tokens, vocab); target (batch, len) or (tokens,)."""
+    mask = target != PAD_ID
+    if logits.dim() == 3:
+        logits = logits[mask]
+    return _SmoothedCrossEntropy.apply(logits.float(), target[mask], smoothing)
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # epochs completed
+    lr: float = 0.0
+    best_score: float | None = None
+    best_epoch: int = 0
+    prev_valid_ppl: float | None = None
+    history: list | None = None
+
+
+def _optimizer_to_safetensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, entries in sd["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                meta["state"].setdefault(str(pid), {})[key] = value
+    return tensors, meta
+
+
+def _optimizer_from_safetensors(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, entries in meta["state"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class Trainer:
+    def __init__(self, data: DataConfig, vocab: VocabConfig, model: ModelConfig, train: TrainConfig):
+        self.data_cfg, self.vocab_cfg, self.model_cfg, self.cfg = data, vocab, model, train
+        self.save_dir = Path(train.save_dir)
+        self.device = pick_training_device(train.device)
+        self.amp = train.amp or self.device.type == "cuda"
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
+            raise ValueError("--label-smoothing must be in [0, 1) and --scheduled-sampling in [0, 1]")
+
+    # ---- setup -------------------------------------------------------------------------
+    def _load_data(self, src_vocab: Vocabulary | None, tgt_vocab: Vocabulary | None):
+        d = self.data_cfg
+        for name in ("train_src", "train_tgt", "valid_src", "valid_tgt"):
+            if not getattr(d, name):
+                raise ValueError(f"--{name.replace('_', '-')} is required")
+        log.info("reading and tokenizing %s / %s", d.train_src, d.train_tgt)
+        src_tok, tgt_tok = tokenize_pair_files(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len)
+        if src_vocab is None:
+            src_vocab = Vocabulary.build(src_tok, self.vocab_cfg.src_vocab_size, self.vocab_cfg.min_freq)
+            tgt_vocab = Vocabulary.build(tgt_tok, self.vocab_cfg.tgt_vocab_size, self.vocab_cfg.min_freq)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.train_data = ParallelDataset([src_vocab.encode(s) for s in src_tok], [tgt_vocab.encode(t) for t in tgt_tok])
+        self.valid_raw_src, self.valid_raw_tgt = read_parallel(d.valid_src, d.valid_tgt)
+        self.valid_src_tok = tokenize_all(self.valid_raw_src, d.src_lang)
+        valid_tgt_tok = tokenize_all(self.valid_raw_tgt, d.tgt_lang)
+        keep = [i for i, (s, t) in enumerate(zip(self.valid_src_tok, valid_tgt_tok)) if s and t]
+        self.valid_data = ParallelDataset([src_vocab.encode(self.valid_src_tok[i]) for i in keep],
+                                          [tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
+        log.info("%d training pairs, %d validation pairs; vocabularies: %d source, %d target words",
+                 len(self.train_data), len(self.valid_data), len(src_vocab), len(tgt_vocab))
+
+    def _setup(self) -> TrainerState:
+        if self.cfg.train_from:
+            return self._resume(Path(self.cfg.train_from))
+        random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        self._load_data(None, None)
+        self.model_cfg.src_vocab, self.model_cfg.tgt_vocab = len(self.src_vocab), len(self.tgt_vocab)
+        self.model = Seq2Seq(self.model_cfg).to(self.device)
+        self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), self.cfg.learning_rate)
+        return TrainerState(lr=self.cfg.learning_rate, history=[])
+
+    def _resume(self, run_dir: Path) -> TrainerState:
+        last = resolve_dir(run_dir / "last")
+        if not (last / STATE_FILE).is_file():
+            raise CheckpointError(f"{run_dir}: no resumable checkpoint (expected {last / STATE_FILE})")
+        ckpt = load_checkpoint(last, self.device)
+        self.model, self.model_cfg = ckpt.model.train(), ckpt.model.cfg
+        # The run continues with its own settings; the command only sets epochs, device and threads.
+        saved_train = from_dict(TrainConfig, ckpt.extra["train"])
+        saved_train.epochs, saved_train.device, saved_train.threads = self.cfg.epochs, self.cfg.device, self.cfg.threads
+        saved_train.save_dir, saved_train.train_from = str(run_dir), ""
+        self.cfg, self.save_dir = saved_train, run_dir
+        self.data_cfg = from_dict(DataConfig, ckpt.extra["data"])
+        self.vocab_cfg = from_dict(VocabConfig, ckpt.extra["vocab"])
+        self._load_data(ckpt.src_vocab, ckpt.tgt_vocab)
+        saved = json.loads((last / STATE_FILE).read_text())
+        state = TrainerState(**saved["trainer"])
+        self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), state.lr)
+        self.optimizer.load_state_dict(_optimizer_from_safetensors(load_file(str(last / OPTIMIZER_FILE)), saved["optimizer"]))
+        rng = load_file(str(last / RNG_FILE))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        py = saved["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        log.info("resuming %s after epoch %d (lr %g)", run_dir, state.epoch, state.lr)
+        return state
+
+    # ---- one epoch ---------------------------------------------------------------------
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        in_order = self.data_cfg.curriculum and epoch == 1
+        batches = list(self.train_data.batches(self.data_cfg.batch_size, shuffle=True, seed=self.cfg.seed + epoch, in_order=in_order))
+        total_loss = total_nll = 0.0
+        n_src = n_tgt = 0
+        start = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, mininterval=1.0,
+                   disable=None if os.environ.get("NMT_PROGRESS", "1") == "1" else True)
+        for batch in bar:
+            loss, nll, tgt_tokens = self.train_step(batch.to(self.device))
+            total_loss += loss
+            total_nll += nll
+            n_tgt += tgt_tokens
+            n_src += int(batch.src_lengths.sum())
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{total_loss / n_tgt:.3f}", ppl=f"{math.exp(total_nll / n_tgt):.1f}",
+                            tok_s=f"{(n_src + n_tgt) / elapsed:.0f}", refresh=False)
+        elapsed = time.perf_counter() - start
+        return {"train_loss": total_loss / n_tgt, "train_ppl": math.exp(total_nll / n_tgt),
+                "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
+
+    def train_step(self, batch: Batch) -> tuple[float, float, int]:
+        n_tokens = batch.n_tgt_tokens
+        with self._autocast():
+            mask = batch.tgt_out != PAD_ID
+            logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling, only=mask)
+        loss, nll = sequence_loss(logits, batch.tgt_out[mask], self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / batch.src.size(0)).backward()
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        return float(loss.detach()), float(nll.detach()), n_tokens
+
+    @torch.inference_mode()
+    def validate(self) -> dict:
+        self.model.eval()
+        total, tokens = 0.0, 0
+        for batch in self.valid_data.batches(64, shuffle=False):
+            batch = batch.to(self.device)
+            with self._autocast():
+                logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+            total -= float(sequence_loss(logits, batch.tgt_out, 0.0)[1])
+            tokens += batch.n_tgt_tokens
+        n = self.cfg.valid_bleu_sents or len(self.valid_src_tok)
+        translator = Translator(self._checkpoint(), self.device)
+        hyps = translator.search_tokens(self.valid_src_tok[:n], DecodeConfig(beam_size=1, batch_size=64))
+        texts = [translator.tgt_tok.detokenize(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
+        bleu = corpus_scores(texts, self.valid_raw_tgt[:n]).bleu
+        self.model.train()
+        return {"valid_ppl": perplexity(total, tokens), "valid_bleu": bleu}
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _checkpoint(self) -> Checkpoint:
+        extra = {"data": to_dict(self.data_cfg), "vocab": to_dict(self.vocab_cfg), "train": to_dict(self.cfg)}
+        return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra)
+
+    def _save_last(self, state: TrainerState) -> None:
+        tensors, meta = _optimizer_to_safetensors(self.optimizer)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        py = random.getstate()
+        with atomic_dir(self.save_dir / "last") as tmp:
+            write_model_files(tmp, self._checkpoint())
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            save_file(rng, str(tmp / RNG_FILE))
+            (tmp / STATE_FILE).write_text(json.dumps({"trainer": state.__dict__, "optimizer": meta,
+                                                      "python_rng": [py[0], list(py[1]), py[2]]}))
+
+    def _write_metrics(self, history: list) -> Path:
+        path = self.save_dir / "metrics.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+        os.replace(tmp, path)
+        return path
+
+    def _decay(self, state: TrainerState, epoch: int, valid_ppl: float) -> None:
+        scheduled = self.cfg.start_decay_at and epoch >= self.cfg.start_decay_at
+        plateau = self.cfg.decay_on_plateau and state.prev_valid_ppl is not None and valid_ppl >= state.prev_valid_ppl
+        if scheduled or plateau:
+            state.lr *= self.cfg.lr_decay
+            for group in self.optimizer.param_groups:
+                group["lr"] = state.lr
+            log.info("learning rate decayed to %g", state.lr)
+        state.prev_valid_ppl = valid_ppl
+
+    # ---- the loop ----------------------------------------------------------------------
+    def run(self) -> Path:
+        state = self._setup()
+        log.info("model: %d parameters on %s%s", self.model.num_parameters(), self.device, " (bf16 autocast)" if self.amp else "")
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
+            lr = state.lr
+            record = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.validate()}
+            self._decay(state, epoch, record["valid_ppl"])
+            score = record["valid_bleu"] if self.cfg.select_by == "bleu" else -record["valid_ppl"]
+            improved = state.best_score is None or score > state.best_score
+            if improved:
+                state.best_score, state.best_epoch = score, epoch
+            state.epoch = epoch
+            state.history.append(record)
+            self._save_last(state)
+            metrics = self._write_metrics(state.history)
+            if improved:
+                with atomic_dir(self.save_dir / "best") as tmp:
+                    write_model_files(tmp, self._checkpoint(), metrics=metrics)
+            log.info("epoch %d: train ppl %.2f, valid ppl %.2f, valid BLEU %.2f, %.0f tok/s%s", epoch,
+                     record["train_ppl"], record["valid_ppl"], record["valid_bleu"],
+                     record["src_tokens_per_s"] + record["tgt_tokens_per_s"], " (best)" if improved else "")
+        best = resolve_dir(self.save_dir / "best")
+        if best.exists():  # keep best/metrics.jsonl complete
+            metrics = self.save_dir / "metrics.jsonl"
+            if metrics.exists():
+                tmp = best / "metrics.jsonl.tmp"
+                tmp.write_bytes(metrics.read_bytes())
+                os.replace(tmp, best / "metrics.jsonl")
+        return best

@@ -1,0 +1,161 @@
+"""The Python API: load a checkpoint (folder or Hub repo) and translate raw text."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import DecodeConfig, from_dict
+from .data import pad
+from .errors import NMTError
+from .search import Hypothesis, beam_search, greedy_search
+from .tokenization import get_tokenizer
+from .unk import Replacement, load_lexicon, replace_unk
+from .vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass
+class Candidate:
+    text: str
+    tokens: list[str]
+    score: float
+
+
+@dataclass
+class Translation:
+    """One source sentence's translation and why: its attention over the source."""
+
+    source: str
+    src_tokens: list[str]
+    text: str
+    tokens: list[str]  # output tokens, after UNK replacement
+    score: float  # length-normalized log-probability
+    n_best: list[Candidate] = field(default_factory=list)
+    attention: np.ndarray | None = None  # (len(tokens), len(src_tokens)), rows sum to 1
+    replacements: list[Replacement] = field(default_factory=list)
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Translator:
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None):
+        self.checkpoint = checkpoint
+        self.device = pick_device(device)
+        self.model = checkpoint.model.to(self.device).eval()
+        self.src_tok = get_tokenizer(checkpoint.src_lang)
+        self.tgt_tok = get_tokenizer(checkpoint.tgt_lang)
+        self.defaults = from_dict(DecodeConfig, checkpoint.extra.get("decode", {}))
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
+             token: str | None = None) -> "Translator":
+        """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``)."""
+        from .hub import resolve_checkpoint
+
+        folder = resolve_checkpoint(str(name_or_path), revision=revision, token=token)
+        return cls(load_checkpoint(folder), device)
+
+    @property
+    def has_attention(self) -> bool:
+        return self.model.has_attention
+
+    def settings(self, **overrides) -> DecodeConfig:
+        """The checkpoint's decoding defaults with ``overrides`` (None values ignored)."""
+        cfg = dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
+        cfg.validate()
+        return cfg
+
+    def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
+                  replace_unk: bool | None = None, lexicon: dict[str, str] | str | Path | None = None,
+                  length_penalty: float | None = None, max_len_a: float | None = None,
+                  max_len_b: int | None = None, batch_size: int | None = None) -> list[Translation]:
+        """Translate raw sentences; unset options take the checkpoint's defaults."""
+        cfg = self.settings(beam_size=beam_size, n_best=n_best, replace_unk=replace_unk, length_penalty=length_penalty,
+                            max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size)
+        if isinstance(lexicon, (str, Path)) and str(lexicon):
+            lexicon = load_lexicon(lexicon)
+        elif lexicon is None and cfg.lexicon:
+            lexicon = load_lexicon(cfg.lexicon)
+        if cfg.replace_unk and not self.has_attention:
+            raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
+        src_tokens = [self.src_tok.tokenize(s) for s in sentences]
+        hyps = self.search_tokens(src_tokens, cfg)
+        return [self._result(s, toks, h, cfg, lexicon) for s, toks, h in zip(sentences, src_tokens, hyps)]
+
+    def search_tokens(self, src_tokens: list[list[str]], cfg: DecodeConfig) -> list[list[Hypothesis]]:
+        """Search every tokenized sentence, in batches of similar length; order is kept."""
+        results: list[list[Hypothesis]] = [[] for _ in src_tokens]
+        order = sorted((i for i, t in enumerate(src_tokens) if t), key=lambda i: len(src_tokens[i]))
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start : start + cfg.batch_size]
+            ids = [self.checkpoint.src_vocab.encode(src_tokens[i]) for i in chunk]
+            src = pad(ids).to(self.device)
+            lengths = torch.tensor([len(x) for x in ids], device=self.device)
+            for i, hyp in zip(chunk, self._search(src, lengths, cfg)):
+                results[i] = hyp
+        return results
+
+    def _search(self, src, lengths, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+        if cfg.beam_size == 1:
+            return greedy_search(self.model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty)
+        return beam_search(self.model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
+                           cfg.max_len_a, cfg.max_len_b, check_every=1 if self.device.type == "cpu" else 4)
+
+    def _result(self, source: str, src_tokens: list[str], hyps: list[Hypothesis], cfg: DecodeConfig,
+                lexicon: dict | None) -> Translation:
+        if not hyps:  # empty input
+            return Translation(source, src_tokens, "", [], 0.0)
+        candidates, best = [], None
+        for rank, hyp in enumerate(hyps):
+            tokens = self.checkpoint.tgt_vocab.decode(hyp.tokens)
+            replaced: list[Replacement] = []
+            if cfg.replace_unk and hyp.attention is not None:
+                tokens, replaced = replace_unk(tokens, src_tokens, hyp.attention, lexicon)
+            candidates.append(Candidate(self.tgt_tok.detokenize(tokens), tokens, hyp.score))
+            if rank == 0:
+                best = (tokens, replaced, hyp)
+        tokens, replaced, hyp = best
+        attention = hyp.attention.numpy() if hyp.attention is not None else None
+        return Translation(source, src_tokens, candidates[0].text, tokens, hyp.score, candidates, attention, replaced)
+
+    @torch.inference_mode()
+    def score(self, sources: list[str], references: list[str], batch_size: int = 64) -> list[tuple[float, int]]:
+        """Log-likelihood of each reference given its source, and its token count (</s> included)."""
+        src_tok = [self.src_tok.tokenize(s) for s in sources]
+        ref_tok = [self.tgt_tok.tokenize(r) for r in references]
+        if len(sources) != len(references):
+            raise NMTError(f"{len(sources)} source sentences but {len(references)} references")
+        scores = [(0.0, 0)] * len(sources)
+        order = [i for i in range(len(sources)) if src_tok[i]]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            src = [self.checkpoint.src_vocab.encode(src_tok[i]) for i in chunk]
+            tgt = [self.checkpoint.tgt_vocab.encode(ref_tok[i]) for i in chunk]
+            for i, t, s in zip(chunk, tgt, sequence_log_probs(self.model, src, tgt, self.device)):
+                scores[i] = (s, len(t) + 1)
+        return scores
+
+
+def sequence_log_probs(model, src: list[list[int]], tgt: list[list[int]], device) -> list[float]:
+    """Teacher-forced log p(tgt </s> | src) for each pair."""
+    src_t = pad(src).to(device)
+    lengths = torch.tensor([len(s) for s in src], device=device)
+    tgt_in = pad([[BOS_ID] + t for t in tgt]).to(device)
+    tgt_out = pad([t + [EOS_ID] for t in tgt]).to(device)
+    logits, _ = model(src_t, lengths, tgt_in)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
+    return logp.masked_fill(tgt_out == PAD_ID, 0.0).sum(1).tolist()
+
+
+def perplexity(total_log_prob: float, n_tokens: int) -> float:
+    return math.exp(-total_log_prob / max(1, n_tokens))
