@@ -1,0 +1,76 @@
+"""Training throughput: source+target tokens/s and peak memory for a model configuration.
+
+    python bench/train_speed.py --data ../shared/data/multi30k --batches 40 [model flags...]
+
+Takes real Multi30k batches (or any parallel files via --src/--tgt), runs a few warm-up
+steps, then times ``--batches`` training steps. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from nmt.cli import add_config_args, config_from_args  # noqa: E402
+from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig  # noqa: E402
+from nmt.training import Trainer  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/multi30k"))
+    p.add_argument("--src-lang", default="de")
+    p.add_argument("--tgt-lang", default="en")
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--min-freq", type=int, default=2)
+    add_config_args(p, ModelConfig, "model")
+    for name in ("optim", "learning_rate", "label_smoothing", "amp", "threads", "device"):
+        f = TrainConfig.__dataclass_fields__[name]
+        flag = "--" + name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+    args = p.parse_args()
+    d = Path(args.data)
+    data = DataConfig(train_src=str(d / f"train.{args.src_lang}.gz"), train_tgt=str(d / f"train.{args.tgt_lang}.gz"),
+                      valid_src=str(d / f"val.{args.src_lang}.gz"), valid_tgt=str(d / f"val.{args.tgt_lang}.gz"),
+                      src_lang=args.src_lang, tgt_lang=args.tgt_lang, batch_size=args.batch_size)
+    train = TrainConfig(optim=args.optim, learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
+                        amp=args.amp, threads=args.threads, device=args.device, save_dir="/tmp/nmt-bench")
+    trainer = Trainer(data, VocabConfig(min_freq=args.min_freq), config_from_args(ModelConfig, args), train)
+    trainer._setup()
+    batches = list(trainer.train_data.batches(args.batch_size, shuffle=True, seed=1))
+    batches = batches[: args.warmup + args.batches]
+    for b in batches[: args.warmup]:
+        trainer.train_step(b.to(trainer.device))
+    src = tgt = 0
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for b in batches[args.warmup :]:
+        trainer.train_step(b.to(trainer.device))
+        src += int(b.src_lengths.sum())
+        tgt += b.n_tgt_tokens
+    sync()
+    elapsed = time.perf_counter() - start
+    print(f"model: {trainer.model.num_parameters() / 1e6:.2f} M parameters, device {trainer.device}, "
+          f"threads {torch.get_num_threads()}, amp {trainer.amp}")
+    print(f"training: {src / elapsed:.0f} source + {tgt / elapsed:.0f} target = {(src + tgt) / elapsed:.0f} tokens/s "
+          f"({elapsed / args.batches * 1000:.1f} ms/batch of {args.batch_size})")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if trainer.device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Translation speed: batched sentences/s, one-sentence latency (p50/p90) and peak memory.
+
+    python bench/translate_speed.py --model checkpoints/de-en-general \
+        --src ../shared/data/multi30k/test_2016_flickr.de.gz --beam-sizes 1 5 --batch-sizes 30
+
+Loads the model once, warms up, then for every beam size x batch size translates the whole
+file (sentences/s) and, for each beam size, --latency-sents sentences one at a time.
+With --ref it also prints BLEU. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from nmt.data import read_lines  # noqa: E402
+from nmt.evaluation import corpus_scores  # noqa: E402
+from nmt.translator import Translator  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="checkpoints/de-en-general")
+    p.add_argument("--src", default=str(Path(__file__).resolve().parents[2] / "shared/data/multi30k/test_2016_flickr.de.gz"))
+    p.add_argument("--ref", default="")
+    p.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[30])
+    p.add_argument("--latency-sents", type=int, default=200)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    translator = Translator.load(args.model, device=args.device)
+    sources = read_lines(args.src)
+    refs = read_lines(args.ref) if args.ref else None
+    translator.translate(sources[:60], beam_size=5)  # warm-up
+    print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, {len(sources)} sentences")
+    for beam in args.beam_sizes:
+        for batch in args.batch_sizes:
+            start = time.perf_counter()
+            results = translator.translate(sources, beam_size=beam, batch_size=batch)
+            elapsed = time.perf_counter() - start
+            bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
+            print(f"beam {beam:2d} batch {batch:3d}: {elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}")
+        times = []
+        for s in sources[: args.latency_sents]:
+            start = time.perf_counter()
+            translator.translate([s], beam_size=beam)
+            times.append((time.perf_counter() - start) * 1000)
+        q = statistics.quantiles(times, n=10)
+        print(f"beam {beam:2d} one sentence: median {statistics.median(times):.1f} ms, p90 {q[8]:.1f} ms")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

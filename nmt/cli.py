@@ -1,0 +1,156 @@
+"""Command line: ``python -m nmt {train,translate,evaluate,push}``.
+
+Flags map one to one onto the config dataclasses (``emb_size`` -> ``--emb-size``;
+booleans get ``--flag/--no-flag``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig
+from .errors import NMTError
+
+log = logging.getLogger("nmt")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help") is None or f.name in ("src_vocab", "tgt_vocab"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"default": f.default, "help": f"{f.metadata['help']} (default: %(default)s)", "dest": f.name}
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            group.add_argument(flag, type=type(f.default), choices=f.metadata.get("choices"), **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nmt", description="Attentional LSTM neural machine translation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for cls, title in ((DataConfig, "data"), (VocabConfig, "vocabulary"), (ModelConfig, "model"), (TrainConfig, "training")):
+        add_config_args(train, cls, title)
+
+    for name, helptext in (("translate", "translate a file"), ("evaluate", "score a model on a test set")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id (user/name[@revision])")
+        p.add_argument("--src", required=True, help="source file (plain or .gz; '-' for standard input)")
+        p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+        add_config_args(p, DecodeConfig, "decoding")
+        if name == "translate":
+            p.add_argument("--output", default="-", help="output file ('-': standard output)")
+            p.add_argument("--attention-out", default="", help="write tokens and attention per sentence (JSON lines)")
+            p.add_argument("--score-gold", default="", help="also report the log-likelihood of these references")
+        else:
+            p.add_argument("--ref", required=True, help="reference translations (raw text)")
+            p.add_argument("--output", default="", help="also write the translations here")
+
+    push = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
+    push.add_argument("--model", required=True, help="checkpoint folder")
+    push.add_argument("--repo-id", required=True, help="user/name on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default=None, help="branch to push to")
+    return parser
+
+
+def read_source(path: str) -> list[str]:
+    from .data import read_lines
+
+    if path == "-":
+        return sys.stdin.read().splitlines()
+    return read_lines(path)
+
+
+def cmd_train(args) -> None:
+    from .training import Trainer
+
+    best = Trainer(config_from_args(DataConfig, args), config_from_args(VocabConfig, args),
+                   config_from_args(ModelConfig, args), config_from_args(TrainConfig, args)).run()
+    print(f"best checkpoint: {best}")
+
+
+def _open_out(path: str):
+    return sys.stdout if path in ("", "-") else open(path, "w", encoding="utf-8")
+
+
+def cmd_translate(args) -> None:
+    from .translator import Translator, perplexity
+
+    translator = Translator.load(args.model, device=args.device)
+    cfg = config_from_args(DecodeConfig, args)
+    sources = read_source(args.src)
+    results = translator.translate(sources, **{k: v for k, v in dataclasses.asdict(cfg).items()})
+    out = _open_out(args.output)
+    for i, r in enumerate(results):
+        if cfg.n_best > 1:
+            for c in r.n_best:
+                out.write(f"{i} ||| {c.text} ||| {c.score:.4f}\n")
+        else:
+            out.write(r.text + "\n")
+    if out is not sys.stdout:
+        out.close()
+    if args.attention_out:
+        with open(args.attention_out, "w", encoding="utf-8") as f:
+            for r in results:
+                att = r.attention.tolist() if r.attention is not None else None
+                f.write(json.dumps({"src": r.src_tokens, "tgt": r.tokens, "score": r.score, "attention": att}, ensure_ascii=False) + "\n")
+    if args.score_gold:
+        from .data import read_lines
+
+        scores = translator.score(sources, read_lines(args.score_gold))
+        for i, (lp, _) in enumerate(scores):
+            print(f"SENT {i}: GOLD SCORE {lp:.4f}", file=sys.stderr)
+        total, n = sum(s for s, _ in scores), sum(k for _, k in scores)
+        print(f"GOLD: log-likelihood {total:.2f} over {n} tokens, perplexity {perplexity(total, n):.2f}", file=sys.stderr)
+
+
+def cmd_evaluate(args) -> None:
+    from .data import read_parallel
+    from .evaluation import corpus_scores
+    from .translator import Translator, perplexity
+
+    translator = Translator.load(args.model, device=args.device)
+    sources, refs = read_parallel(args.src, args.ref)
+    cfg = config_from_args(DecodeConfig, args)
+    results = translator.translate(sources, **dataclasses.asdict(cfg))
+    hyps = [r.text for r in results]
+    if args.output:
+        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    scores = translator.score(sources, refs)
+    total, n = sum(s for s, _ in scores), sum(k for _, k in scores)
+    print(corpus_scores(hyps, refs))
+    print(f"perplexity = {perplexity(total, n):.2f}")
+
+
+def cmd_push(args) -> None:
+    from .hub import push_checkpoint
+
+    print(push_checkpoint(args.model, args.repo_id, private=args.private, revision=args.revision))
+
+
+COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "push": cmd_push}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        COMMANDS[args.command](args)
+    except (NMTError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Trains the bundled checkpoints with the project's own training command.
+# Usage: scripts/train_bundled.sh [NAME ...]   (default: all five)
+# Runs go to runs/NAME; the best epoch is then copied to checkpoints/NAME as fp16.
+set -euo pipefail
+DATA=${DATA:-../shared/data/multi30k}
+EPOCHS=${EPOCHS:-15}
+COMMON=(--emb-size 256 --hidden 256 --layers 1 --brnn --input-feed --no-bridge --dropout 0.3
+        --tie-embeddings --min-freq 2 --max-len 50 --batch-size 64 --optim adam --learning-rate 0.001
+        --label-smoothing 0.1 --max-grad-norm 5 --epochs "$EPOCHS" --seed 3435)
+
+train() {  # NAME SRC TGT ATTENTION
+  local name=$1 src=$2 tgt=$3 attn=$4 run=runs/$1
+  if [ -f "$run/last/trainer_state.json" ]; then
+    python -m nmt train --train-from "$run" --epochs "$EPOCHS"
+  else
+    python -m nmt train "${COMMON[@]}" --attention "$attn" --src-lang "$src" --tgt-lang "$tgt" \
+      --train-src "$DATA/train.$src.gz" --train-tgt "$DATA/train.$tgt.gz" \
+      --valid-src "$DATA/val.$src.gz" --valid-tgt "$DATA/val.$tgt.gz" --save-dir "$run"
+  fi
+}
+
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(de-en-general de-en-dot de-en-concat de-en-none en-de-general)
+for name in "${names[@]}"; do
+  case $name in
+    de-en-general) train "$name" de en general ;;
+    de-en-dot) train "$name" de en dot ;;
+    de-en-concat) train "$name" de en concat ;;
+    de-en-none) train "$name" de en none ;;
+    en-de-general) train "$name" en de general ;;
+    *) echo "unknown model $name" >&2; exit 2 ;;
+  esac
+done
