@@ -87,15 +87,19 @@ def fit(pairs, cfg: ModelConfig, steps: int = 300, lr: float = 0.01, seed: int =
 _CACHE: dict = {}
 
 
+def tiny(kind: str) -> Translator:
+    """A memorising model with this attention kind, trained once per session."""
+    if kind not in _CACHE:
+        _CACHE[kind] = fit(PAIRS, tiny_config(kind), steps=250 if kind != "none" else 400)
+    return _CACHE[kind]
+
+
 @pytest.fixture(scope="session")
 def tiny_translators():
-    """One memorising model per attention kind (trained once per session)."""
-    if not _CACHE:
-        for kind in ("none", "dot", "general", "concat"):
-            _CACHE[kind] = fit(PAIRS, tiny_config(kind), steps=250 if kind != "none" else 400)
-    return _CACHE
+    """One memorising model per attention kind."""
+    return {kind: tiny(kind) for kind in ("none", "dot", "general", "concat")}
 
 
 @pytest.fixture(scope="session")
-def tiny_translator(tiny_translators):
-    return tiny_translators["general"]
+def tiny_translator():
+    return tiny("general")

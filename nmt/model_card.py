@@ -1,0 +1,88 @@
+"""Hugging Face Hub model cards (README.md with YAML front matter) for checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .checkpoint import Checkpoint
+
+ATTENTION_NAMES = {
+    "none": "no attention (the decoder sees only the encoder's final state)",
+    "dot": "global dot attention (Luong et al. 2015)",
+    "general": "global general attention (Luong et al. 2015)",
+    "concat": "global concat/MLP attention (Bahdanau et al. 2015)",
+}
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def describe(ckpt: Checkpoint) -> str:
+    """One paragraph on the architecture."""
+    c = ckpt.model.cfg
+    enc = f"{'bidirectional ' if c.brnn else ''}LSTM encoder ({c.layers} layer{'s' * (c.layers > 1)}, {c.hidden} hidden"
+    enc += ", source reversed)" if c.reverse_src else ")"
+    feed = " with input feeding" if c.input_feed and c.attention != "none" else ""
+    tied = ", decoder input and output embeddings tied" if c.tie_embeddings else ""
+    return (f"{enc}, LSTM decoder{feed} ({c.hidden} hidden), {ATTENTION_NAMES[c.attention]}, "
+            f"{c.emb_size}-d word embeddings{tied}, dropout {c.dropout}; "
+            f"{ckpt.model.num_parameters() / 1e6:.2f} M parameters; vocabularies of "
+            f"{len(ckpt.src_vocab):,} {ckpt.src_lang} and {len(ckpt.tgt_vocab):,} {ckpt.tgt_lang} words.")
+
+
+def model_card(ckpt: Checkpoint, scores: dict, command: str, hardware: str, metrics: list[dict]) -> ModelCard:
+    """The card: front matter (language, license, datasets, metrics, tags, pipeline tag) and text."""
+    data = ModelCardData(
+        language=[ckpt.src_lang, ckpt.tgt_lang], license="mit", datasets=["bentrevett/multi30k"],
+        metrics=["bleu", "chrf"], tags=["translation", "seq2seq", "lstm", "attention", f"attention-{ckpt.model.cfg.attention}"],
+        pipeline_tag="translation", library_name="nmt",
+    )
+    minutes = sum(m.get("epoch_time_s", 0.0) for m in metrics) / 60
+    decode = ckpt.extra.get("decode", {})
+    rows = "\n".join(f"| {m['epoch']} | {m['train_ppl']:.2f} | {m['valid_ppl']:.2f} | {m['valid_bleu']:.2f} | {m['lr']:g} |" for m in metrics)
+    text = f"""---
+{data.to_yaml()}
+---
+
+# {ckpt.src_lang}→{ckpt.tgt_lang} attentional LSTM ({ckpt.model.cfg.attention} attention), Multi30k
+
+A word-level attentional encoder-decoder trained with this project's `python -m nmt train` on Multi30k task 1
+(29,000 training pairs; model selection on `val`).
+
+**Architecture.** {describe(ckpt)}
+
+**Scores** on `{scores.get('test_set', 'test_2016_flickr')}` (detokenized, cased output against the raw references,
+beam {decode.get('beam_size', 5)}, UNK replacement, length penalty {decode.get('length_penalty', 0.0)}):
+
+| BLEU | chrF |
+|---|---|
+| {scores.get('bleu', float('nan')):.2f} | {scores.get('chrf', float('nan')):.2f} |
+
+sacreBLEU signature: `{scores.get('bleu_signature', '')}`
+
+**Training.** {len(metrics)} epochs, {minutes:.0f} minutes on {hardware}. Command:
+
+```bash
+{command}
+```
+
+| epoch | train ppl | valid ppl | valid BLEU (greedy) | learning rate |
+|---|---|---|---|---|
+{rows}
+
+## Use
+
+```python
+import nmt
+t = nmt.Translator.load("PATH_OR_REPO_ID")
+print(t.translate(["..."], beam_size=5, replace_unk=True)[0].text)
+```
+"""
+    return ModelCard(text)

@@ -1,0 +1,86 @@
+"""Turn a training run into a bundled checkpoint: tune decoding on val, score on test, write fp16 + card.
+
+    python scripts/export_bundled.py de-en-general [--run runs/de-en-general] [--out checkpoints/de-en-general]
+
+The length penalty is chosen on the validation set (never on the test set); the test score is
+computed once, with beam 5 and UNK replacement, and recorded in config.json and the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from nmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from nmt.data import read_parallel  # noqa: E402
+from nmt.evaluation import corpus_scores  # noqa: E402
+from nmt.model_card import model_card, read_metrics  # noqa: E402
+from nmt.translator import Translator  # noqa: E402
+
+
+def hardware() -> str:
+    name = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores of an {name} (no GPU)"
+
+
+def bleu(translator: Translator, src: list[str], ref: list[str], **decode) -> tuple[float, object]:
+    hyps = [r.text for r in translator.translate(src, **decode)]
+    scores = corpus_scores(hyps, ref)
+    return scores.bleu, scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name")
+    p.add_argument("--run", default="")
+    p.add_argument("--out", default="")
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k"))
+    p.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.4, 0.7, 1.0])
+    args = p.parse_args()
+    run = Path(args.run or ROOT / "runs" / args.name)
+    out = Path(args.out or ROOT / "checkpoints" / args.name)
+    ckpt = load_checkpoint(run / "best")
+    src_l, tgt_l = ckpt.src_lang, ckpt.tgt_lang
+    translator = Translator(ckpt, "cpu")
+    unk = translator.has_attention
+    val_src, val_ref = read_parallel(f"{args.data}/val.{src_l}.gz", f"{args.data}/val.{tgt_l}.gz")
+    tuned = {lp: bleu(translator, val_src, val_ref, beam_size=5, replace_unk=unk, length_penalty=lp)[0] for lp in args.penalties}
+    best_lp = max(tuned, key=tuned.get)
+    print("validation BLEU by length penalty:", {k: round(v, 2) for k, v in tuned.items()}, "->", best_lp)
+    test_src, test_ref = read_parallel(f"{args.data}/test_2016_flickr.{src_l}.gz", f"{args.data}/test_2016_flickr.{tgt_l}.gz")
+    _, scores = bleu(translator, test_src, test_ref, beam_size=5, replace_unk=unk, length_penalty=best_lp)
+    print(scores)
+    decode = {"beam_size": 5, "replace_unk": unk, "length_penalty": best_lp}
+    extra = {**ckpt.extra, "decode": decode,
+             "scores": {"bleu": round(scores.bleu, 2), "chrf": round(scores.chrf, 2), "test_set": "test_2016_flickr",
+                        "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
+                        "valid_bleu_by_length_penalty": {str(k): round(v, 2) for k, v in tuned.items()}}}
+    bundled = Checkpoint(ckpt.model, ckpt.src_vocab, ckpt.tgt_vocab, src_l, tgt_l, extra)
+    save_checkpoint(bundled, out, dtype=torch.float16, metrics=run / "metrics.jsonl")
+    metrics = read_metrics(out)
+    card = model_card(bundled, extra["scores"], f"scripts/train_bundled.sh {args.name}", hardware(), metrics)
+    card.save(out / "README.md")
+    reloaded = Translator(load_checkpoint(out), "cpu")
+    check, _ = bleu(reloaded, test_src[:200], test_ref[:200], **decode)
+    ref200, _ = bleu(translator, test_src[:200], test_ref[:200], **decode)
+    print(f"fp16 reload check on 200 test sentences: BLEU {check:.2f} (fp32 {ref200:.2f})")
+    print(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Real models through the Hub: push a checkpoint with the CLI, load it by repo id, same translations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import FakeHub  # noqa: E402
+
+from nmt.checkpoint import save_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTS = ["Ein Hund läuft.", "Zwei Frauen sprechen miteinander.", "Ein Kind spielt am Strand."]
+
+_TRANSLATE = r"""
+import json, sys, nmt
+t = nmt.Translator.load(sys.argv[1])
+rs = t.translate(json.loads(sys.argv[2]), beam_size=4, n_best=2)
+print(json.dumps([[r.text, r.score, [c.text for c in r.n_best], r.attention.tolist()] for r in rs]))
+"""
+
+
+def translate_in_subprocess(env: dict, name: str) -> list:
+    proc = subprocess.run([sys.executable, "-c", _TRANSLATE, name, json.dumps(SENTS)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_push_with_the_cli_then_translate_by_repo_id(tiny_translator, tmp_path):
+    folder = save_checkpoint(tiny_translator.checkpoint, tmp_path / "model")
+    (folder / "README.md").write_text("---\nlanguage: [de, en]\npipeline_tag: translation\n---\n# tiny\n")
+    local = [[r.text, r.score, [c.text for c in r.n_best], r.attention.tolist()]
+             for r in tiny_translator.translate(SENTS, beam_size=4, n_best=2)]
+    with FakeHub() as hub:
+        env = hub.client_env(tmp_path / "hf", token="FAKE_TOKEN")
+        push = subprocess.run([sys.executable, "-m", "nmt", "push", "--model", str(folder), "--repo-id", "alice/tiny-de-en"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert push.returncode == 0, push.stderr
+        assert set(hub.repo_files("alice/tiny-de-en")) >= {"config.json", "model.safetensors", "src.vocab", "tgt.vocab", "README.md"}
+        remote = translate_in_subprocess(hub.client_env(tmp_path / "hf2"), "alice/tiny-de-en")
+        assert remote == local
+        # with the server gone, the warm cache still serves it offline
+    offline = translate_in_subprocess({**env, "HF_HOME": str(tmp_path / "hf2"), "HF_HUB_OFFLINE": "1"}, "alice/tiny-de-en")
+    assert offline == local
