@@ -133,18 +133,20 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         is_eos = token == EOS_ID
         flat_parent = (torch.arange(rows, device=device).unsqueeze(1) * K + parent).view(-1)  # (rows*2K,)
 
-        # Candidates ending in </s> among the K best become finished hypotheses.
-        rank = torch.arange(2 * K, device=device).unsqueeze(0)
-        new_fin = torch.where(is_eos & (rank < K), normalize(top_score, t + 1, length_penalty), NEG_INF)
-        pool_score = torch.cat([fin_score, new_fin], dim=1)  # (rows, n_best + 2K)
-        fin_score, pick = pool_score.topk(n_best, dim=-1)
-        cand_tok = torch.zeros((rows, 2 * K, steps), dtype=torch.long, device=device)
-        cand_tok[:, :, :t] = alive_tok.index_select(0, flat_parent).view(rows, 2 * K, t)
-        cand_attn = torch.zeros((rows, 2 * K, steps, src_len), device=device)
-        cand_attn[:, :, :t] = alive_attn.index_select(0, flat_parent).view(rows, 2 * K, t, src_len)
-        fin_tok = _gather_rows(torch.cat([fin_tok, cand_tok], 1), pick)
-        fin_attn = _gather_rows(torch.cat([fin_attn, cand_attn], 1), pick)
-        fin_len = _gather_rows(torch.cat([fin_len, torch.full_like(top_idx, t)], 1), pick)
+        # Candidates ending in </s> among the K best become finished hypotheses. (On the CPU,
+        # skip the bookkeeping in the many steps without any; on a GPU that check would sync.)
+        ending = is_eos[:, :K]  # (rows, K)
+        if device.type != "cpu" or bool(ending.any()):
+            new_fin = torch.where(ending, normalize(top_score[:, :K], t + 1, length_penalty), NEG_INF)
+            fin_score, pick = torch.cat([fin_score, new_fin], dim=1).topk(n_best, dim=-1)  # of n_best + K
+            parents = flat_parent.view(rows, 2 * K)[:, :K].reshape(-1)  # (rows*K,)
+            cand_tok = torch.zeros((rows, K, steps), dtype=torch.long, device=device)
+            cand_tok[:, :, :t] = alive_tok.index_select(0, parents).view(rows, K, t)
+            cand_attn = torch.zeros((rows, K, steps, src_len), device=device)
+            cand_attn[:, :, :t] = alive_attn.index_select(0, parents).view(rows, K, t, src_len)
+            fin_tok = _gather_rows(torch.cat([fin_tok, cand_tok], 1), pick)
+            fin_attn = _gather_rows(torch.cat([fin_attn, cand_attn], 1), pick)
+            fin_len = _gather_rows(torch.cat([fin_len, torch.full((rows, K), t, device=device)], 1), pick)
 
         # The K best candidates that do not end continue.
         alive_score, keep = torch.where(is_eos, NEG_INF, top_score).topk(K, dim=-1)  # (rows, K)
@@ -152,7 +154,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         prev = token.gather(1, keep).view(-1)
         state = _select(state, rows_sel)
         alive_tok = torch.cat([alive_tok.index_select(0, rows_sel), prev.unsqueeze(1)], 1)
-        alive_attn = torch.cat([alive_attn.index_select(0, rows_sel), attn.index_select(0, rows_sel).unsqueeze(1)], 1)
+        alive_attn = torch.cat([alive_attn.index_select(0, rows_sel), attn.float().index_select(0, rows_sel).unsqueeze(1)], 1)
 
         if (t + 1) % check_every and t + 1 < steps:
             continue

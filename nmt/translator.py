@@ -14,6 +14,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import DecodeConfig, from_dict
 from .data import pad
 from .errors import NMTError
+from .quantization import quantize_int8
 from .search import Hypothesis, beam_search, greedy_search
 from .tokenization import get_tokenizer
 from .unk import Replacement, load_lexicon, replace_unk
@@ -55,6 +56,17 @@ class Translator:
         self.src_tok = get_tokenizer(checkpoint.src_lang)
         self.tgt_tok = get_tokenizer(checkpoint.tgt_lang)
         self.defaults = from_dict(DecodeConfig, checkpoint.extra.get("decode", {}))
+        self._int8_model: torch.nn.Module | None = None
+
+    def search_model(self, int8: bool) -> torch.nn.Module:
+        """The model to search with: the fp32 one, or its int8 copy (CPU only, made once)."""
+        if not int8:
+            return self.model
+        if self.device.type != "cpu":
+            raise NMTError("int8 decoding runs on the CPU only")
+        if self._int8_model is None:
+            self._int8_model = quantize_int8(self.model)
+        return self._int8_model
 
     @classmethod
     def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
@@ -78,13 +90,13 @@ class Translator:
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   replace_unk: bool | None = None, lexicon: dict[str, str] | str | Path | None = None,
                   length_penalty: float | None = None, max_len_a: float | None = None,
-                  max_len_b: int | None = None, batch_size: int | None = None) -> list[Translation]:
+                  max_len_b: int | None = None, batch_size: int | None = None, int8: bool | None = None) -> list[Translation]:
         """Translate raw sentences; unset options take the checkpoint's defaults."""
         cfg = self.settings(beam_size=beam_size, n_best=n_best, replace_unk=replace_unk, length_penalty=length_penalty,
-                            max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size)
-        if isinstance(lexicon, (str, Path)) and str(lexicon):
-            lexicon = load_lexicon(lexicon)
-        elif lexicon is None and cfg.lexicon:
+                            max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, int8=int8)
+        if isinstance(lexicon, (str, Path)):
+            lexicon = load_lexicon(lexicon) if str(lexicon) else None
+        if lexicon is None and cfg.lexicon:
             lexicon = load_lexicon(cfg.lexicon)
         if cfg.replace_unk and not self.has_attention:
             raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
@@ -106,9 +118,10 @@ class Translator:
         return results
 
     def _search(self, src, lengths, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+        model = self.search_model(cfg.int8)
         if cfg.beam_size == 1:
-            return greedy_search(self.model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty)
-        return beam_search(self.model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
+            return greedy_search(model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty)
+        return beam_search(model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
                            cfg.max_len_a, cfg.max_len_b, check_every=1 if self.device.type == "cpu" else 4)
 
     def _result(self, source: str, src_tokens: list[str], hyps: list[Hypothesis], cfg: DecodeConfig,

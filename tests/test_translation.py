@@ -88,3 +88,14 @@ def test_gold_scores_match_search_scores(tiny_translator):
     [(logp, n)] = tiny_translator.score(["Ein Hund läuft."], [r.text])
     assert n == len(r.tokens) + 1
     assert logp == pytest.approx(r.score, abs=1e-4)  # length penalty 0: score is the log-probability
+
+
+def test_int8_decoding_keeps_the_translations(tiny_translators):
+    tr = tiny_translators["concat"]
+    sents = [s for s, _ in PAIRS]
+    fp32 = tr.translate(sents, beam_size=5)
+    int8 = tr.translate(sents, beam_size=5, int8=True)
+    assert [r.text for r in int8] == [r.text for r in fp32]
+    assert [r.score for r in int8] == pytest.approx([r.score for r in fp32], abs=0.05)
+    assert "quantized" in type(tr.search_model(True).generator).__module__
+    assert tr.search_model(False) is tr.model  # the fp32 model is untouched
