@@ -87,6 +87,16 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
     return _SmoothedCrossEntropy.apply(logits.float(), target[mask], smoothing)
 
 
+def check_cpu_bf16() -> None:
+    """bf16 autocast on a CPU needs oneDNN bf16 LSTM kernels (AVX-512 bf16 or AMX)."""
+    lstm = torch.nn.LSTM(8, 8, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 8))
+    except RuntimeError as exc:
+        raise ValueError(f"--amp: this CPU cannot run bf16 LSTMs ({str(exc).splitlines()[0][:80]}); train without --amp") from None
+
+
 @dataclass
 class TrainerState:
     epoch: int = 0  # epochs completed
@@ -125,6 +135,8 @@ class Trainer:
         self.save_dir = Path(train.save_dir)
         self.device = pick_training_device(train.device)
         self.amp = train.amp or self.device.type == "cuda"
+        if self.amp and self.device.type == "cpu":
+            check_cpu_bf16()
         if train.threads:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
