@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import FORMAT_VERSION, ModelConfig, VocabConfig, from_dict, to_dict
+from .config import FORMAT_VERSION, ModelConfig, from_dict, to_dict
 from .errors import CheckpointError
 from .model import Seq2Seq
 from .vocabulary import Vocabulary
@@ -145,5 +145,17 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     return Checkpoint(model, src_vocab, tgt_vocab, config.get("src_lang", "de"), config.get("tgt_lang", "en"), extra, folder)
 
 
-def vocab_config(config: dict) -> VocabConfig:
-    return from_dict(VocabConfig, config.get("vocab", {}))
+def read_metrics(folder: str | Path | None) -> list[dict]:
+    """The per-epoch records of ``folder/metrics.jsonl`` (unreadable lines are skipped), by epoch."""
+    path = Path(folder) / "metrics.jsonl" if folder is not None else None
+    if path is None or not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), (int, float)):
+            records.append(record)
+    return sorted(records, key=lambda r: r["epoch"])

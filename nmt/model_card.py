@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -15,13 +13,6 @@ ATTENTION_NAMES = {
     "general": "global general attention (Luong et al. 2015)",
     "concat": "global concat/MLP attention (Bahdanau et al. 2015)",
 }
-
-
-def read_metrics(folder: Path) -> list[dict]:
-    path = Path(folder) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def describe(ckpt: Checkpoint) -> str:
