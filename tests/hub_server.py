@@ -112,6 +112,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        """Stop listening; connections kept alive from before are dropped at their next request."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -398,6 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _dispatch(self) -> None:
+        if self.hub._server is None:  # stopped: behave like a dead host on kept-alive connections too
+            self.close_connection = True
+            return
         url = urlsplit(self.path)
         req = Request(self.command, unquote(url.path), url.path, parse_qs(url.query),
                       {k.lower(): v for k, v in self.headers.items()}, self._read_body())

@@ -1,0 +1,285 @@
+"""The bundled checkpoints, and loading models once.
+
+Bundled checkpoints live in ``checkpoints/{src}-{tgt}-{attention}`` (``$NMT_CHECKPOINTS`` overrides the
+folder). This module finds them by reading their ``config.json`` only (no weights are loaded), loads
+:class:`~nmt.Translator` objects once and caches them (thread-safe), parses Hub ids
+(``user/name@revision``), reads ``metrics.jsonl`` and summarises a model for its card. Usable from a script::
+
+    from nmt import catalog
+    models = catalog.discover()
+    translator = catalog.CACHE.bundled(models[0])
+    print(catalog.card_markdown(catalog.summary(translator)))
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ATTENTION_KINDS
+from .checkpoint import read_metrics
+from .errors import CheckpointError
+from .translator import Translator
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS_ENV, DATA_ENV = "NMT_CHECKPOINTS", "NMT_DATA"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "multi30k"
+MAX_CACHED_MODELS = 8
+LANGUAGES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech"}
+FALLBACK_EXAMPLES = {
+    "de": ["Ein Hund läuft über die Wiese.", "Zwei Männer spielen Fußball im Park.",
+           "Eine Frau mit einem roten Hut liest ein Buch.", "Kinder spielen am Strand."],
+    "en": ["A dog runs across the meadow.", "Two men are playing soccer in the park.",
+           "A woman in a red hat is reading a book.", "Children are playing on the beach."],
+}
+
+
+# ----------------------------------------------------------------------------- the bundled checkpoints
+@dataclass(frozen=True)
+class BundledModel:
+    """A checkpoint folder in the bundled catalog, described from its config.json."""
+
+    name: str
+    path: Path
+    src_lang: str
+    tgt_lang: str
+    attention: str
+    scores: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def direction(self) -> str:
+        return f"{self.src_lang}-{self.tgt_lang}"
+
+    @property
+    def bleu(self) -> float | None:
+        value = self.scores.get("bleu")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def label(self) -> str:
+        """E.g. ``general · BLEU 35.12``: the attention type with its test BLEU."""
+        return f"{self.attention} · " + (f"BLEU {self.bleu:.2f}" if self.bleu is not None else "BLEU not measured")
+
+
+def checkpoints_dir() -> Path:
+    """``$NMT_CHECKPOINTS``, else ``<repo>/checkpoints``."""
+    return Path(os.environ.get(CHECKPOINTS_ENV) or REPO_ROOT / "checkpoints").expanduser()
+
+
+def discover(folder: str | Path | None = None) -> list[BundledModel]:
+    """The checkpoints in ``folder`` (default :func:`checkpoints_dir`), by direction then attention kind.
+
+    Sub-folders without a readable ``config.json`` (or with an unknown attention kind) are skipped with a
+    warning in the log; a missing folder gives an empty list.
+    """
+    root = Path(folder) if folder is not None else checkpoints_dir()
+    if not root.is_dir():
+        return []
+    models = [m for m in (_describe(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith("."))
+              if m is not None]
+    return sorted(models, key=lambda m: (m.direction, ATTENTION_KINDS.index(m.attention), m.name))
+
+
+def _describe(folder: Path) -> BundledModel | None:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        attention = config["model"]["attention"]
+        src, tgt = str(config["src_lang"]), str(config["tgt_lang"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("skipping %s: not a readable checkpoint config (%s)", folder, exc)
+        return None
+    if attention not in ATTENTION_KINDS:
+        logger.warning("skipping %s: unknown attention kind %r", folder, attention)
+        return None
+    scores = config.get("scores") if isinstance(config.get("scores"), dict) else {}
+    return BundledModel(folder.name, folder, src, tgt, attention, scores)
+
+
+def directions(models: list[BundledModel]) -> list[str]:
+    """The language directions (``de-en``...) present, in catalog order."""
+    return list(dict.fromkeys(m.direction for m in models))
+
+
+def direction_label(direction: str) -> str:
+    """``de-en`` -> ``German → English``."""
+    src, _, tgt = direction.partition("-")
+    return f"{LANGUAGES.get(src, src)} → {LANGUAGES.get(tgt, tgt)}"
+
+
+def find(models: list[BundledModel], direction: str, attention: str) -> BundledModel | None:
+    return next((m for m in models if m.direction == direction and m.attention == attention), None)
+
+
+# ----------------------------------------------------------------------------- Hub ids
+def parse_hub_id(text: str) -> tuple[str, str | None]:
+    """``user/name`` or ``user/name@revision`` -> ``(repo_id, revision or None)``; raises CheckpointError."""
+    from .hub import parse_repo_ref  # imports huggingface_hub: only when a Hub id is used
+
+    text = (text or "").strip()
+    if not text:
+        raise CheckpointError("no Hub repo id given (expected 'user/name' or 'user/name@revision')")
+    if any(c.isspace() for c in text):
+        raise CheckpointError(f"{text!r} is not a Hub repo id: it contains spaces "
+                              "(expected 'user/name' or 'user/name@revision')")
+    return parse_repo_ref(text)
+
+
+# ----------------------------------------------------------------------------- loading once
+class ModelCache:
+    """Translators loaded once and kept (least recently used first out beyond ``capacity``).
+
+    Thread-safe: concurrent requests for the same model wait for a single load; different models
+    load in parallel. Failed loads are not cached (a Hub that was down may be back next time).
+    """
+
+    def __init__(self, capacity: int = MAX_CACHED_MODELS, device: str | None = None):
+        self.capacity, self.device = capacity, device  # device None: CUDA when present
+        self.loads = 0  # how many models were actually loaded (for tests and logs)
+        self._models: OrderedDict[tuple, Translator] = OrderedDict()
+        self._loading: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, load: Callable[[], Translator]) -> Translator:
+        """The cached translator for ``key``, calling ``load()`` once if it is not there yet."""
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            started = time.perf_counter()
+            try:
+                translator = load()
+            except BaseException:
+                with self._lock:
+                    self._forget_lock(key, key_lock)
+                raise
+            with self._lock:
+                self._forget_lock(key, key_lock)
+                self.loads += 1
+                self._models[key] = translator
+                logger.info("loaded %s on %s in %.1f s", "/".join(map(str, key[1:])), translator.device,
+                            time.perf_counter() - started)
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+            return translator
+
+    def _forget_lock(self, key: tuple, key_lock: threading.Lock) -> None:
+        if self._loading.get(key) is key_lock:
+            del self._loading[key]
+
+    def bundled(self, model: BundledModel) -> Translator:
+        return self.get(("local", str(model.path)), lambda: Translator.load(model.path, device=self.device))
+
+    def hub(self, hub_id: str) -> Translator:
+        """A Hub checkpoint (``user/name[@revision]``), downloaded to the Hub cache on first use."""
+        repo_id, revision = parse_hub_id(hub_id)
+        if Path(repo_id).exists():  # Translator.load would look there, not on the Hub
+            raise CheckpointError(f"{repo_id!r} cannot be fetched from the Hub here: "
+                                  "a local file or folder of the same name shadows it")
+        return self.get(("hub", repo_id, revision),
+                        lambda: Translator.load(repo_id, revision=revision, device=self.device))
+
+
+CACHE = ModelCache()
+
+
+# ----------------------------------------------------------------------------- metrics and the model card
+def summary(translator: Translator, name: str | None = None) -> dict:
+    """What a model card shows: architecture, size, training data and settings, test scores."""
+    from .model_card import describe
+
+    ckpt = translator.checkpoint
+    cfg = ckpt.model.cfg
+    metrics = read_metrics(ckpt.path)
+    return {
+        "name": name or (ckpt.path.name if ckpt.path else f"{ckpt.src_lang}-{ckpt.tgt_lang}-{cfg.attention}"),
+        "direction": f"{ckpt.src_lang}-{ckpt.tgt_lang}", "attention": cfg.attention,
+        "architecture": describe(ckpt), "parameters": ckpt.model.num_parameters(),
+        "vocab": {"src": len(ckpt.src_vocab), "tgt": len(ckpt.tgt_vocab)},
+        "data": _training_data(ckpt.extra), "train": _training_settings(ckpt.extra),
+        "epochs_trained": len(metrics), "scores": dict(ckpt.extra.get("scores") or {}),
+        "decode": dict(ckpt.extra.get("decode") or {}), "device": str(translator.device),
+    }
+
+
+def _training_data(extra: dict) -> dict:
+    data, vocab = extra.get("data") or {}, extra.get("vocab") or {}
+    names = ("train_src", "train_tgt", "valid_src", "valid_tgt")
+    files = {k: Path(v).name for k, v in data.items() if k in names and v}
+    corpus = next((Path(v).parent.name for k, v in data.items() if k == "train_src" and v), "")
+    return {"corpus": corpus, **files, "max_len": data.get("max_len"), "min_freq": vocab.get("min_freq")}
+
+
+def _training_settings(extra: dict) -> dict:
+    train = extra.get("train") or {}
+    keys = ("epochs", "optim", "learning_rate", "label_smoothing")
+    return {k: train[k] for k in keys if k in train}
+
+
+def card_markdown(info: dict) -> str:
+    """The model card as Markdown (from :func:`summary`)."""
+    lines = [f"### {info['name']}: {direction_label(info['direction'])}, attention `{info['attention']}`",
+             f"**Architecture.** {info['architecture']}",
+             f"**Size.** {info['parameters']:,} parameters ({info['parameters'] * 4 / 2**20:.1f} MiB as fp32).",
+             f"**Training data.** {_data_text(info)}",
+             f"**Test scores.** {_scores_text(info['scores'])}"]
+    if info["decode"]:
+        settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in info["decode"].items())
+        lines.append(f"**Decoding defaults.** {settings}")
+    lines.append(f"*Running on {info['device']}.*")
+    return "\n\n".join(lines)
+
+
+def _data_text(info: dict) -> str:
+    data, train = info["data"], info["train"]
+    if not data.get("train_src"):
+        return "not recorded in this checkpoint."
+    text = f"{data['train_src']} + {data.get('train_tgt', '?')}" + (f" ({data['corpus']})" if data["corpus"] else "")
+    if data.get("valid_src"):
+        text += f", validated on {data['valid_src']} + {data.get('valid_tgt', '?')}"
+    if data.get("max_len"):
+        text += f"; pairs up to {data['max_len']} tokens"
+    if data.get("min_freq"):
+        text += f"; words seen at least {data['min_freq']} times"
+    if info["epochs_trained"]:
+        text += f". Trained {info['epochs_trained']} epochs"
+    if train:
+        text += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in train.items() if k != "epochs") + ")"
+    return text + "."
+
+
+def _scores_text(scores: dict) -> str:
+    if not isinstance(scores.get("bleu"), (int, float)):
+        return "not measured (no `scores` in this checkpoint's config.json)."
+    text = f"BLEU **{scores['bleu']:.2f}**"
+    if isinstance(scores.get("chrf"), (int, float)):
+        text += f", chrF {scores['chrf']:.2f}"
+    return text + (f" on `{scores['test_set']}`" if scores.get("test_set") else "") + "."
+
+
+# ----------------------------------------------------------------------------- examples
+def validation_examples(lang: str, n: int = 6, data_dir: str | Path | None = None) -> list[str]:
+    """``n`` short sentences of ``val.{lang}.gz`` (``$NMT_DATA``, default ``../shared/data/multi30k``),
+    else a few built-in sentences."""
+    folder = Path(data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA)
+    try:
+        with gzip.open(folder / f"val.{lang}.gz", "rt", encoding="utf-8") as fh:
+            lines = [line.strip() for _, line in zip(range(200), fh)]
+    except (OSError, EOFError, UnicodeDecodeError):
+        return FALLBACK_EXAMPLES.get(lang, FALLBACK_EXAMPLES["de"])[:n]
+    picked = [s for s in lines if 6 <= len(s.split()) <= 15]
+    return picked[:n] or FALLBACK_EXAMPLES.get(lang, FALLBACK_EXAMPLES["de"])[:n]
