@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import FORMAT_VERSION, ModelConfig, from_dict, to_dict
 from .errors import CheckpointError
+from .hub import PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
 from .model import Seq2Seq
 from .vocabulary import Vocabulary
 
-CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB, METRICS = "config.json", "model.safetensors", "src.vocab", "tgt.vocab", "metrics.jsonl"
-REQUIRED_FILES = (CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB)
+CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB, METRICS = REQUIRED_FILES + ("metrics.jsonl",)
 
 
 @dataclass
@@ -107,7 +107,7 @@ def save_checkpoint(ckpt: Checkpoint, folder: str | Path, dtype: torch.dtype | N
 def read_config(folder: Path) -> dict:
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:
-        pickles = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
         hint = f" (it holds {', '.join(pickles)}: pickled checkpoints are never loaded)" if pickles else ""
         raise CheckpointError(f"{folder} is not an nmt checkpoint: missing {', '.join(missing)}{hint}")
     try:
