@@ -278,8 +278,10 @@ class Trainer:
             (tmp / STATE_FILE).write_text(json.dumps({"trainer": state.__dict__, "optimizer": meta,
                                                       "python_rng": [py[0], list(py[1]), py[2]]}))
 
-    def _write_metrics(self, history: list) -> Path:
-        path = self.save_dir / "metrics.jsonl"
+    @staticmethod
+    def _write_metrics(history: list, folder: Path) -> Path:
+        """``folder/metrics.jsonl`` with one line per epoch, replaced atomically."""
+        path = folder / "metrics.jsonl"
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
         os.replace(tmp, path)
@@ -311,7 +313,7 @@ class Trainer:
             state.epoch = epoch
             state.history.append(record)
             self._save_last(state)
-            metrics = self._write_metrics(state.history)
+            metrics = self._write_metrics(state.history, self.save_dir)
             if improved:
                 with atomic_dir(self.save_dir / "best") as tmp:
                     write_model_files(tmp, self._checkpoint(), metrics=metrics)
@@ -319,10 +321,6 @@ class Trainer:
                      record["train_ppl"], record["valid_ppl"], record["valid_bleu"],
                      record["src_tokens_per_s"] + record["tgt_tokens_per_s"], " (best)" if improved else "")
         best = resolve_dir(self.save_dir / "best")
-        if best.exists():  # keep best/metrics.jsonl complete
-            metrics = self.save_dir / "metrics.jsonl"
-            if metrics.exists():
-                tmp = best / "metrics.jsonl.tmp"
-                tmp.write_bytes(metrics.read_bytes())
-                os.replace(tmp, best / "metrics.jsonl")
+        if best.exists():  # best/ was written at its epoch: give it the whole curve
+            self._write_metrics(state.history, best)
         return best
