@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import FakeHub  # noqa: E402
@@ -19,7 +22,7 @@ _TRANSLATE = r"""
 import json, sys, nmt
 t = nmt.Translator.load(sys.argv[1])
 rs = t.translate(json.loads(sys.argv[2]), beam_size=4, n_best=2)
-print(json.dumps([[r.text, r.score, [c.text for c in r.n_best], r.attention.tolist()] for r in rs]))
+print(json.dumps([[r.text, r.score, [c.text for c in r.n_best], None if r.attention is None else r.attention.tolist()] for r in rs]))
 """
 
 
@@ -46,3 +49,19 @@ def test_push_with_the_cli_then_translate_by_repo_id(tiny_translator, tmp_path):
         # with the server gone, the warm cache still serves it offline
     offline = translate_in_subprocess({**env, "HF_HOME": str(tmp_path / "hf2"), "HF_HUB_OFFLINE": "1"}, "alice/tiny-de-en")
     assert offline == local
+
+
+BUNDLED = sorted(p.parent.name for p in (ROOT / "checkpoints").glob("*/config.json"))
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_checkpoint_by_repo_id_translates_like_the_local_folder(name, tmp_path):
+    """Each bundled checkpoint, served as a Hub repo (with its card), loads by repo id to identical translations."""
+    folder = ROOT / "checkpoints" / name
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    local = translate_in_subprocess({**os.environ, "HF_HUB_OFFLINE": "1"}, str(folder))
+    with FakeHub() as hub:
+        hub.add_repo(f"nmt-demo/{name}", files, revision_tag="v1.0")
+        env = hub.client_env(tmp_path / "hf")
+        assert translate_in_subprocess(env, f"nmt-demo/{name}") == local
+        assert translate_in_subprocess(env, f"nmt-demo/{name}@v1.0") == local
