@@ -37,20 +37,23 @@ def model_card(ckpt: Checkpoint, scores: dict, command: str, hardware: str, metr
     )
     minutes = sum(m.get("epoch_time_s", 0.0) for m in metrics) / 60
     decode = ckpt.extra.get("decode", {})
+    kind = ckpt.model.cfg.attention
+    title = f"attentional LSTM ({kind} attention)" if kind != "none" else "LSTM encoder-decoder without attention"
+    unk = "UNK replacement" if decode.get("replace_unk", True) else "no UNK replacement (it needs attention)"
     rows = "\n".join(f"| {m['epoch']} | {m['train_ppl']:.2f} | {m['valid_ppl']:.2f} | {m['valid_bleu']:.2f} | {m['lr']:g} |" for m in metrics)
     text = f"""---
 {data.to_yaml()}
 ---
 
-# {ckpt.src_lang}→{ckpt.tgt_lang} attentional LSTM ({ckpt.model.cfg.attention} attention), Multi30k
+# {ckpt.src_lang}→{ckpt.tgt_lang} {title}, Multi30k
 
-A word-level attentional encoder-decoder trained with this project's `python -m nmt train` on Multi30k task 1
+A word-level {'attentional ' if kind != 'none' else ''}LSTM encoder-decoder trained with this project's `python -m nmt train` on Multi30k task 1
 (29,000 training pairs; model selection on `val`).
 
 **Architecture.** {describe(ckpt)}
 
 **Scores** on `{scores.get('test_set', 'test_2016_flickr')}` (detokenized, cased output against the raw references,
-beam {decode.get('beam_size', 5)}, UNK replacement, length penalty {decode.get('length_penalty', 0.0)}):
+beam {decode.get('beam_size', 5)}, {unk}, length penalty {decode.get('length_penalty', 0.0)}):
 
 | BLEU | chrF |
 |---|---|
