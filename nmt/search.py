@@ -49,8 +49,10 @@ def _select(state: dict, rows: torch.Tensor) -> dict:
 
 @torch.inference_mode()
 def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 10,
-                  length_penalty: float = 0.0) -> list[list[Hypothesis]]:
-    """Most probable token at every step; the same as beam search with beam 1."""
+                  length_penalty: float = 0.0, check_every: int = 1) -> list[list[Hypothesis]]:
+    """Most probable token at every step; the same as beam search with beam 1.
+
+    ``check_every``: how often (steps) to check whether every sentence has ended (a device sync)."""
     state = model.encode(src, lengths)
     batch, device = src.size(0), src.device
     limit = max_lengths(lengths, max_len_a, max_len_b)
@@ -70,7 +72,7 @@ def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 
         finished = finished | (prev == EOS_ID)
         tokens.append(prev)
         attns.append(attn)
-        if bool(finished.all()):
+        if (t + 1) % check_every == 0 and bool(finished.all()):
             break
     toks = torch.stack(tokens, 1).tolist()  # (batch, steps)
     attn_all = torch.stack(attns, 1) if attns[0] is not None else None  # (batch, steps, src_len)

@@ -213,26 +213,30 @@ class Trainer:
         self.model.train()
         in_order = self.data_cfg.curriculum and epoch == 1
         batches = list(self.train_data.batches(self.data_cfg.batch_size, shuffle=True, seed=self.cfg.seed + epoch, in_order=in_order))
-        total_loss = total_nll = 0.0
+        # Sums stay on the device: reading them (a host-device sync) only when the progress bar shows them.
+        total_loss = total_nll = torch.zeros((), device=self.device)
         n_src = n_tgt = 0
         start = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, mininterval=1.0,
                    disable=None if os.environ.get("NMT_PROGRESS", "1") == "1" else True)
+        shown = start
         for batch in bar:
-            loss, nll, tgt_tokens = self.train_step(batch.to(self.device))
-            total_loss += loss
-            total_nll += nll
-            n_tgt += tgt_tokens
-            n_src += int(batch.src_lengths.sum())
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss / n_tgt:.3f}", ppl=f"{math.exp(total_nll / n_tgt):.1f}",
-                            tok_s=f"{(n_src + n_tgt) / elapsed:.0f}", refresh=False)
+            n_src += int(batch.src_lengths.sum())  # counted on the CPU copy of the batch
+            n_tgt += batch.n_tgt_tokens
+            loss, nll = self.train_step(batch.to(self.device))
+            total_loss, total_nll = total_loss + loss, total_nll + nll
+            now = time.perf_counter()
+            if not bar.disable and now - shown >= 1.0:
+                shown = now
+                bar.set_postfix(loss=f"{float(total_loss) / n_tgt:.3f}", ppl=f"{math.exp(float(total_nll) / n_tgt):.1f}",
+                                tok_s=f"{(n_src + n_tgt) / (now - start):.0f}", refresh=False)
+        total_loss, total_nll = float(total_loss), float(total_nll)
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / n_tgt, "train_ppl": math.exp(total_nll / n_tgt),
                 "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
 
-    def train_step(self, batch: Batch) -> tuple[float, float, int]:
-        n_tokens = batch.n_tgt_tokens
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update; returns the batch's summed loss and NLL as (detached) device scalars."""
         with self._autocast():
             mask = batch.tgt_out != PAD_ID
             logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling, only=mask)
@@ -242,7 +246,7 @@ class Trainer:
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
-        return float(loss.detach()), float(nll.detach()), n_tokens
+        return loss.detach(), nll.detach()
 
     @torch.inference_mode()
     def validate(self) -> dict:
