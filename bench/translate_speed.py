@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--ref", default="")
     p.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 5])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[30])
-    p.add_argument("--latency-sents", type=int, default=200)
+    p.add_argument("--latency-sents", type=int, default=200, help="sentences timed one at a time (0: skip)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
@@ -54,6 +54,8 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
             print(f"beam {beam:2d} batch {batch:3d}: {elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}")
+        if args.latency_sents < 2:
+            continue
         times = []
         for s in sources[: args.latency_sents]:
             start = time.perf_counter()
