@@ -1,9 +1,11 @@
 """Training throughput: source+target tokens/s and peak memory for a model configuration.
 
     python bench/train_speed.py --data ../shared/data/multi30k --batches 40 [model flags...]
+    python bench/train_speed.py --synthetic --seq-len 50 --vocab 50000 --layers 2 --hidden 500 --emb-size 500 --no-brnn
 
-Takes real Multi30k batches (or any parallel files via --src/--tgt), runs a few warm-up
-steps, then times ``--batches`` training steps. Prints figures; asserts nothing.
+Takes real Multi30k batches (or, with --synthetic, random batches of sentences of exactly
+--seq-len tokens over a --vocab word vocabulary: the seq2seq-attn README's benchmark setting),
+runs a few warm-up steps, then times ``--batches`` training steps. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,22 @@ import torch  # noqa: E402
 
 from nmt.cli import add_config_args, config_from_args  # noqa: E402
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig  # noqa: E402
-from nmt.training import Trainer  # noqa: E402
+from nmt.data import Batch  # noqa: E402
+from nmt.model import Seq2Seq  # noqa: E402
+from nmt.training import Trainer, make_optimizer  # noqa: E402
+from nmt.vocabulary import BOS_ID  # noqa: E402
+
+
+def synthetic_batches(n: int, batch_size: int, seq_len: int, vocab: int, seed: int = 1) -> list[Batch]:
+    """Random full-length sentences: (batch, seq_len) sources and targets, no padding."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        src = torch.randint(4, vocab, (batch_size, seq_len), generator=gen)
+        tgt = torch.randint(4, vocab, (batch_size, seq_len), generator=gen)
+        tgt_in = torch.cat([torch.full((batch_size, 1), BOS_ID), tgt[:, :-1]], 1)
+        out.append(Batch(src, torch.full((batch_size,), seq_len), tgt_in, tgt, list(range(batch_size))))
+    return out
 
 
 def main() -> None:
@@ -32,6 +49,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-freq", type=int, default=2)
+    p.add_argument("--synthetic", action="store_true", help="random full-length batches instead of Multi30k")
+    p.add_argument("--seq-len", type=int, default=50, help="with --synthetic: tokens per sentence")
+    p.add_argument("--vocab", type=int, default=50000, help="with --synthetic: vocabulary size (source and target)")
     add_config_args(p, ModelConfig, "model")
     for name in ("optim", "learning_rate", "label_smoothing", "amp", "threads", "device"):
         f = TrainConfig.__dataclass_fields__[name]
@@ -47,10 +67,17 @@ def main() -> None:
                       src_lang=args.src_lang, tgt_lang=args.tgt_lang, batch_size=args.batch_size)
     train = TrainConfig(optim=args.optim, learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
                         amp=args.amp, threads=args.threads, device=args.device, save_dir="/tmp/nmt-bench")
-    trainer = Trainer(data, VocabConfig(min_freq=args.min_freq), config_from_args(ModelConfig, args), train)
-    trainer._setup()
-    batches = list(trainer.train_data.batches(args.batch_size, shuffle=True, seed=1))
-    batches = batches[: args.warmup + args.batches]
+    model_cfg = config_from_args(ModelConfig, args)
+    trainer = Trainer(data, VocabConfig(min_freq=args.min_freq), model_cfg, train)
+    n = args.warmup + args.batches
+    if args.synthetic:
+        model_cfg.src_vocab = model_cfg.tgt_vocab = args.vocab
+        trainer.model = Seq2Seq(model_cfg).to(trainer.device)
+        trainer.optimizer = make_optimizer(train.optim, trainer.model.parameters(), train.learning_rate)
+        batches = synthetic_batches(n, args.batch_size, args.seq_len, args.vocab)
+    else:
+        trainer._setup()
+        batches = list(trainer.train_data.batches(args.batch_size, shuffle=True, seed=1))[:n]
     for b in batches[: args.warmup]:
         trainer.train_step(b.to(trainer.device))
     src = tgt = 0
@@ -69,7 +96,7 @@ def main() -> None:
           f"({elapsed / args.batches * 1000:.1f} ms/batch of {args.batch_size})")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if trainer.device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB ({torch.cuda.get_device_name()})")
 
 
 if __name__ == "__main__":

@@ -33,28 +33,33 @@ def main() -> None:
     p.add_argument("--ref", default="")
     p.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 5])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[30])
-    p.add_argument("--latency-sents", type=int, default=200)
+    p.add_argument("--latency-sents", type=int, default=200, help="sentences timed one at a time (0: skip)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
+                   help="decode with int8 matrix layers (CPU)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     translator = Translator.load(args.model, device=args.device)
     sources = read_lines(args.src)
     refs = read_lines(args.ref) if args.ref else None
-    translator.translate(sources[:60], beam_size=5)  # warm-up
-    print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, {len(sources)} sentences")
+    translator.translate(sources[:60], beam_size=5, int8=args.int8)  # warm-up
+    print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, "
+          f"{'int8' if args.int8 else 'fp32'}, {len(sources)} sentences")
     for beam in args.beam_sizes:
         for batch in args.batch_sizes:
             start = time.perf_counter()
-            results = translator.translate(sources, beam_size=beam, batch_size=batch)
+            results = translator.translate(sources, beam_size=beam, batch_size=batch, int8=args.int8)
             elapsed = time.perf_counter() - start
             bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
             print(f"beam {beam:2d} batch {batch:3d}: {elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}")
+        if args.latency_sents < 2:
+            continue
         times = []
         for s in sources[: args.latency_sents]:
             start = time.perf_counter()
-            translator.translate([s], beam_size=beam)
+            translator.translate([s], beam_size=beam, int8=args.int8)
             times.append((time.perf_counter() - start) * 1000)
         q = statistics.quantiles(times, n=10)
         print(f"beam {beam:2d} one sentence: median {statistics.median(times):.1f} ms, p90 {q[8]:.1f} ms")

@@ -49,11 +49,14 @@ def _select(state: dict, rows: torch.Tensor) -> dict:
 
 @torch.inference_mode()
 def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 10,
-                  length_penalty: float = 0.0) -> list[list[Hypothesis]]:
-    """Most probable token at every step; the same as beam search with beam 1."""
+                  length_penalty: float = 0.0, check_every: int = 1) -> list[list[Hypothesis]]:
+    """Most probable token at every step; the same as beam search with beam 1.
+
+    ``check_every``: how often (steps) to check whether every sentence has ended (a device sync)."""
     state = model.encode(src, lengths)
     batch, device = src.size(0), src.device
     limit = max_lengths(lengths, max_len_a, max_len_b)
+    shortest = int(limit.min())
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     score = torch.zeros(batch, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -61,15 +64,15 @@ def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 
     tokens, attns = [], []
     for t in range(int(limit.max()) + 1):
         logp, attn, state = model.step(prev, state)
-        forced = (t >= limit).unsqueeze(1)  # only </s> allowed past the limit
-        logp = torch.where(forced & (torch.arange(logp.size(1), device=device) != EOS_ID), NEG_INF, logp)
+        if t >= shortest:  # only </s> allowed past a sentence's limit
+            logp = _force_eos(logp, t >= limit)
         best_logp, prev = logp.max(dim=-1)
         score = torch.where(finished, score, score + best_logp)
         out_len = torch.where(finished, out_len, out_len + 1)
         finished = finished | (prev == EOS_ID)
         tokens.append(prev)
         attns.append(attn)
-        if bool(finished.all()):
+        if (t + 1) % check_every == 0 and bool(finished.all()):
             break
     toks = torch.stack(tokens, 1).tolist()  # (batch, steps)
     attn_all = torch.stack(attns, 1) if attns[0] is not None else None  # (batch, steps, src_len)
@@ -106,6 +109,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     # The active sentences.
     active = torch.arange(batch, device=device)
     limit = limit_all
+    shortest = int(limit.min())  # the first step at which some sentence must end
     alive_score = torch.full((batch, K), NEG_INF, device=device)
     alive_score[:, 0] = 0.0
     alive_tok = torch.zeros((batch * K, 0), dtype=torch.long, device=device)
@@ -123,10 +127,9 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         if attn is None:
             has_attn, attn = False, logp.new_zeros(logp.size(0), src_len)
         vocab = logp.size(-1)
-        forced = (t >= limit).view(rows, 1, 1)  # past the limit only </s> is allowed
-        logp = logp.view(rows, K, vocab)
-        logp = torch.where(forced & (torch.arange(vocab, device=device) != EOS_ID), NEG_INF, logp)
-        cand = (alive_score.unsqueeze(-1) + logp).view(rows, K * vocab)
+        if t >= shortest:  # past its limit a sentence may only end
+            logp = _force_eos(logp, (t >= limit).repeat_interleave(K))
+        cand = (alive_score.unsqueeze(-1) + logp.view(rows, K, vocab)).view(rows, K * vocab)
         top_score, top_idx = cand.topk(2 * K, dim=-1)  # (rows, 2K), best first
         parent = top_idx // vocab  # beam each candidate extends
         token = top_idx % vocab
@@ -171,11 +174,18 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         keep_rows = (~done).nonzero().squeeze(1)
         keep_beams = (keep_rows.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
         active, limit, alive_score = active[keep_rows], limit[keep_rows], alive_score[keep_rows]
+        shortest = int(limit.min())
         fin_score, fin_tok, fin_len, fin_attn = fin_score[keep_rows], fin_tok[keep_rows], fin_len[keep_rows], fin_attn[keep_rows]
         state = _select(state, keep_beams)
         prev, alive_tok, alive_attn = prev[keep_beams], alive_tok[keep_beams], alive_attn[keep_beams]
 
     return _collect(res_score, res_tok, res_len, res_attn if has_attn else None, lengths)
+
+
+def _force_eos(logp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """logp (n, vocab) with every token but </s> impossible in the rows where ``rows`` (n,) is True."""
+    others = torch.arange(logp.size(1), device=logp.device) != EOS_ID
+    return logp.masked_fill(rows.unsqueeze(1) & others, NEG_INF)
 
 
 def _gather_rows(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:

@@ -53,14 +53,16 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Label-smoothed cross-entropy over rows of logits, fused: one softmax pass backward.
 
-    Returns the summed loss and (not differentiable) the summed NLL."""
+    Returns the summed loss and (not differentiable) the summed NLL. Built on log_softmax and
+    softmax, whose kernels stay fast over the wide logit range of a trained model, where an
+    elementwise exp or logsumexp on the CPU is up to ten times slower (see BENCHMARKS.md)."""
 
     @staticmethod
     def forward(ctx, logits, target, smoothing):  # logits (n, vocab), target (n,)
-        lse = torch.logsumexp(logits, dim=-1)
-        nll = lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)
-        loss = (1.0 - smoothing) * nll + smoothing * (lse - logits.mean(-1)) if smoothing else nll
-        ctx.save_for_backward(logits, lse, target)
+        logp = torch.log_softmax(logits, dim=-1)
+        nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = (1.0 - smoothing) * nll - smoothing * logp.mean(-1) if smoothing else nll
+        ctx.save_for_backward(logits, target)
         ctx.smoothing = smoothing
         nll_sum = nll.sum()
         ctx.mark_non_differentiable(nll_sum)
@@ -68,9 +70,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
-        logits, lse, target = ctx.saved_tensors
+        logits, target = ctx.saved_tensors
         eps = ctx.smoothing
-        grad = torch.exp(logits - lse.unsqueeze(1))  # softmax
+        grad = torch.softmax(logits, dim=-1)
         if eps:
             grad.sub_(eps / logits.size(1))
         grad[torch.arange(grad.size(0), device=grad.device), target] -= 1.0 - eps
@@ -211,26 +213,30 @@ class Trainer:
         self.model.train()
         in_order = self.data_cfg.curriculum and epoch == 1
         batches = list(self.train_data.batches(self.data_cfg.batch_size, shuffle=True, seed=self.cfg.seed + epoch, in_order=in_order))
-        total_loss = total_nll = 0.0
+        # Sums stay on the device: reading them (a host-device sync) only when the progress bar shows them.
+        total_loss = total_nll = torch.zeros((), device=self.device)
         n_src = n_tgt = 0
         start = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, mininterval=1.0,
                    disable=None if os.environ.get("NMT_PROGRESS", "1") == "1" else True)
+        shown = start
         for batch in bar:
-            loss, nll, tgt_tokens = self.train_step(batch.to(self.device))
-            total_loss += loss
-            total_nll += nll
-            n_tgt += tgt_tokens
-            n_src += int(batch.src_lengths.sum())
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss / n_tgt:.3f}", ppl=f"{math.exp(total_nll / n_tgt):.1f}",
-                            tok_s=f"{(n_src + n_tgt) / elapsed:.0f}", refresh=False)
+            n_src += int(batch.src_lengths.sum())  # counted on the CPU copy of the batch
+            n_tgt += batch.n_tgt_tokens
+            loss, nll = self.train_step(batch.to(self.device))
+            total_loss, total_nll = total_loss + loss, total_nll + nll
+            now = time.perf_counter()
+            if not bar.disable and now - shown >= 1.0:
+                shown = now
+                bar.set_postfix(loss=f"{float(total_loss) / n_tgt:.3f}", ppl=f"{math.exp(float(total_nll) / n_tgt):.1f}",
+                                tok_s=f"{(n_src + n_tgt) / (now - start):.0f}", refresh=False)
+        total_loss, total_nll = float(total_loss), float(total_nll)
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / n_tgt, "train_ppl": math.exp(total_nll / n_tgt),
                 "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
 
-    def train_step(self, batch: Batch) -> tuple[float, float, int]:
-        n_tokens = batch.n_tgt_tokens
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update; returns the batch's summed loss and NLL as (detached) device scalars."""
         with self._autocast():
             mask = batch.tgt_out != PAD_ID
             logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling, only=mask)
@@ -240,7 +246,7 @@ class Trainer:
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
-        return float(loss.detach()), float(nll.detach()), n_tokens
+        return loss.detach(), nll.detach()
 
     @torch.inference_mode()
     def validate(self) -> dict:

@@ -119,10 +119,11 @@ class Translator:
 
     def _search(self, src, lengths, cfg: DecodeConfig) -> list[list[Hypothesis]]:
         model = self.search_model(cfg.int8)
+        check_every = 1 if self.device.type == "cpu" else 4  # on a GPU each check is a host-device sync
         if cfg.beam_size == 1:
-            return greedy_search(model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty)
+            return greedy_search(model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, check_every)
         return beam_search(model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
-                           cfg.max_len_a, cfg.max_len_b, check_every=1 if self.device.type == "cpu" else 4)
+                           cfg.max_len_a, cfg.max_len_b, check_every=check_every)
 
     def _result(self, source: str, src_tokens: list[str], hyps: list[Hypothesis], cfg: DecodeConfig,
                 lexicon: dict | None) -> Translation:

@@ -148,3 +148,22 @@ def test_beam_one_equals_greedy_on_random_models():
         b = beam_search(ToyModel(probs), SRC, LEN, beam_size=1, max_len_a=0, max_len_b=4)[0][0]
         assert g.tokens == b.tokens
         assert g.score == pytest.approx(b.score, abs=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([2, 3, 4]), st.sampled_from([0.0, 1.0]))
+def test_checking_for_finished_sentences_less_often_changes_nothing(seed, check_every, alpha):
+    """The GPU setting (look for ended sentences every few steps, fewer syncs) gives the same results."""
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(6, V, V, generator=gen) * 2, -1)
+    probs[:, :, :3] = 0
+    probs = probs / probs.sum(-1, keepdim=True)
+    src = torch.tensor([[7, 8, 9], [7, 8, 0], [7, 0, 0]])
+    lengths = torch.tensor([3, 2, 1])
+    for search, kwargs in ((greedy_search, {}), (beam_search, {"beam_size": 3, "n_best": 2})):
+        every_step, sparse = (search(ToyModel(probs), src, lengths, max_len_a=1, max_len_b=2, length_penalty=alpha,
+                                     check_every=k, **kwargs) for k in (1, check_every))
+        for a, b in zip(every_step, sparse):
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+            assert all(torch.equal(x.attention, y.attention) for x, y in zip(a, b))

@@ -30,7 +30,8 @@ def test_beam_one_is_greedy(tiny_translators, kind):
     g = greedy_search(tr.model, src, lengths)
     b = beam_search(tr.model, src, lengths, beam_size=1)
     assert [h[0].tokens for h in g] == [h[0].tokens for h in b]
-    assert [h[0].score for h in g] == pytest.approx([h[0].score for h in b], abs=1e-5)
+    # float32 sums over batches that shrink differently as sentences end: equal up to rounding
+    assert [h[0].score for h in g] == pytest.approx([h[0].score for h in b], rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
