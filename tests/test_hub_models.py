@@ -17,6 +17,7 @@ from nmt.checkpoint import save_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTS = ["Ein Hund läuft.", "Zwei Frauen sprechen miteinander.", "Ein Kind spielt am Strand."]
+SENTS_BY_LANG = {"de": SENTS, "en": ["A dog runs.", "Two women are talking to each other.", "A child plays on the beach."]}
 
 _TRANSLATE = r"""
 import json, sys, nmt
@@ -26,8 +27,8 @@ print(json.dumps([[r.text, r.score, [c.text for c in r.n_best], None if r.attent
 """
 
 
-def translate_in_subprocess(env: dict, name: str) -> list:
-    proc = subprocess.run([sys.executable, "-c", _TRANSLATE, name, json.dumps(SENTS)], env=env, cwd=ROOT,
+def translate_in_subprocess(env: dict, name: str, sents: list[str] = SENTS) -> list:
+    proc = subprocess.run([sys.executable, "-c", _TRANSLATE, name, json.dumps(sents)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
@@ -59,9 +60,10 @@ def test_bundled_checkpoint_by_repo_id_translates_like_the_local_folder(name, tm
     """Each bundled checkpoint, served as a Hub repo (with its card), loads by repo id to identical translations."""
     folder = ROOT / "checkpoints" / name
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    local = translate_in_subprocess({**os.environ, "HF_HUB_OFFLINE": "1"}, str(folder))
+    sents = SENTS_BY_LANG[json.loads(files["config.json"])["src_lang"]]
+    local = translate_in_subprocess({**os.environ, "HF_HUB_OFFLINE": "1"}, str(folder), sents)
     with FakeHub() as hub:
         hub.add_repo(f"nmt-demo/{name}", files, revision_tag="v1.0")
         env = hub.client_env(tmp_path / "hf")
-        assert translate_in_subprocess(env, f"nmt-demo/{name}") == local
-        assert translate_in_subprocess(env, f"nmt-demo/{name}@v1.0") == local
+        assert translate_in_subprocess(env, f"nmt-demo/{name}", sents) == local
+        assert translate_in_subprocess(env, f"nmt-demo/{name}@v1.0", sents) == local
