@@ -37,16 +37,20 @@ class GlobalAttention(nn.Module):
         return memory
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """(batch, query_size) x (batch, src_len, query_size) -> (batch, src_len)."""
+        """(batch, k, query_size) x (batch, src_len, query_size) -> (batch, k, src_len)."""
         if self.kind == "concat":
-            hidden = torch.tanh(keys + self.linear_query(query).unsqueeze(1))
+            hidden = torch.tanh(keys.unsqueeze(1) + self.linear_query(query).unsqueeze(2))  # (batch, k, src_len, q)
             return self.v(hidden).squeeze(-1)
-        return torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1)
+        return torch.bmm(query, keys.transpose(1, 2))
 
     def forward(self, query, memory, keys, mask):
-        """query (batch, hidden); memory (batch, src_len, mem); mask (batch, src_len) True = real token."""
-        scores = self.scores(query, keys).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)  # (batch, src_len)
-        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)  # (batch, mem)
-        output = torch.tanh(self.linear_out(torch.cat([context, query], dim=-1)))
-        return output, weights
+        """query (rows, hidden), with rows = k consecutive queries (hypotheses) per sentence;
+        memory (batch, src_len, mem); mask (batch, src_len) True = real token.
+        Returns the output (rows, hidden) and the weights (rows, src_len)."""
+        batch, src_len = mask.shape
+        q = query.view(batch, -1, query.size(-1))  # (batch, k, hidden)
+        scores = self.scores(q, keys).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # (batch, k, src_len)
+        context = torch.bmm(weights, memory)  # (batch, k, mem)
+        output = torch.tanh(self.linear_out(torch.cat([context, q], dim=-1)))
+        return output.view(query.shape), weights.view(-1, src_len)

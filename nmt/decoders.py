@@ -9,13 +9,16 @@ from .attention import GlobalAttention
 from .embeddings import WordEmbeddings
 
 # A decoding state is a dict of batch-first tensors, so that search can reorder every
-# entry with one ``index_select(0, ...)``:
-#   h, c   (batch, layers, hidden)   LSTM states
-#   feed   (batch, hidden)           previous attentional output (input feeding)
+# entry with one ``index_select(0, ...)``. Rows are hypotheses (batch * k, k per sentence,
+# consecutive) for the first three and sentences for the others (``SENTENCE_KEYS``), which
+# all hypotheses of a sentence share:
+#   h, c   (rows, layers, hidden)    LSTM states
+#   feed   (rows, hidden)            previous attentional output (input feeding)
 #   memory (batch, src_len, mem)     encoder outputs
 #   keys   (batch, src_len, hidden)  attention keys, precomputed once per sentence
 #   mask   (batch, src_len)          True at real source tokens
 State = dict[str, torch.Tensor]
+SENTENCE_KEYS = ("memory", "keys", "mask")
 
 
 class InputFeedDecoder(nn.Module):

@@ -6,12 +6,14 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .decoders import InputFeedDecoder, State
+from .decoders import SENTENCE_KEYS, InputFeedDecoder, State
 from .embeddings import WordEmbeddings
 from .encoders import LSTMEncoder
 
 
 class Seq2Seq(nn.Module):
+    sentence_keys = SENTENCE_KEYS  # state entries shared by a sentence's hypotheses in search
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()

@@ -4,10 +4,13 @@ Search talks to a model through two calls (``Seq2Seq`` implements them; the test
 scripted toy model):
 
 * ``encode(src, lengths) -> state``: a dict of batch-first tensors;
-* ``step(prev_tokens, state) -> (log_probs (rows, vocab), attention (rows, src_len) or None, state)``.
+* ``step(prev_tokens, state) -> (log_probs (rows, vocab), attention (rows, src_len) or None, state)``;
+* optionally ``sentence_keys``: the state entries that hold one row per sentence, shared by
+  its hypotheses (the encoder memory); ``step`` then gets ``beam`` rows of the other entries
+  for each row of these, consecutive.
 
-Every state entry is reordered with ``index_select(0, rows)``, so a hypothesis keeps its
-own decoder state and attention history when the beam is reordered.
+Every other state entry is reordered with ``index_select(0, rows)``, so a hypothesis keeps
+its own decoder state when the beam is reordered.
 
 Scores are length-normalized: ``sum log p / length ** alpha`` where the length counts the
 end-of-sentence token. A sentence stops when its ``n_best`` finished hypotheses can no
@@ -43,8 +46,16 @@ def normalize(score: torch.Tensor, length, alpha: float) -> torch.Tensor:
     return score / (length ** alpha) if alpha else score
 
 
-def _select(state: dict, rows: torch.Tensor) -> dict:
-    return {k: v.index_select(0, rows) for k, v in state.items()}
+def _select(state: dict, rows: torch.Tensor, shared=(), sentences: torch.Tensor | None = None) -> dict:
+    """Every hypothesis entry's ``rows``; the ``shared`` (per-sentence) entries stay as they
+    are, or take their ``sentences`` rows when sentences are dropped."""
+    out = {}
+    for key, value in state.items():
+        if key not in shared:
+            out[key] = value.index_select(0, rows)
+        else:
+            out[key] = value if sentences is None else value.index_select(0, sentences)
+    return out
 
 
 @torch.inference_mode()
@@ -91,20 +102,25 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
 
     ``check_every``: how often (steps) to look for finished sentences and drop them; each
     check synchronises with the device, so a GPU may prefer a few steps between checks.
+
+    Hypotheses are not copied as they grow: every step records each open beam's token, the
+    beam it extends and the attention rows, and a finished hypothesis is only a pointer
+    (its last step, its last beam), followed back once at the end (``_backtrack``).
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and the beam size")
     batch, device, K = src.size(0), src.device, beam_size
     limit_all = max_lengths(lengths, max_len_a, max_len_b)
     steps = int(limit_all.max()) + 1
-    src_len = src.size(1)
-    state = _select(model.encode(src, lengths), torch.arange(batch, device=device).repeat_interleave(K))
+    shared = getattr(model, "sentence_keys", ())
+    state = _select(model.encode(src, lengths), torch.arange(batch, device=device).repeat_interleave(K), shared)
 
-    # Results of sentences that stopped, by original position.
+    # Results of sentences that stopped, by original position: score, length (= the step at
+    # which </s> came) and the beam that </s> extended, numbered as at the step before.
     res_score = torch.full((batch, n_best), NEG_INF, device=device)
-    res_tok = torch.zeros((batch, n_best, steps), dtype=torch.long, device=device)
     res_len = torch.zeros((batch, n_best), dtype=torch.long, device=device)
-    res_attn = torch.zeros((batch, n_best, steps, src_len), device=device)
+    res_beam = torch.zeros((batch, n_best), dtype=torch.long, device=device)
+    history = _History()
 
     # The active sentences.
     active = torch.arange(batch, device=device)
@@ -112,20 +128,14 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     shortest = int(limit.min())  # the first step at which some sentence must end
     alive_score = torch.full((batch, K), NEG_INF, device=device)
     alive_score[:, 0] = 0.0
-    alive_tok = torch.zeros((batch * K, 0), dtype=torch.long, device=device)
-    alive_attn = torch.zeros((batch * K, 0, src_len), device=device)
     fin_score = torch.full((batch, n_best), NEG_INF, device=device)
-    fin_tok = torch.zeros((batch, n_best, steps), dtype=torch.long, device=device)
     fin_len = torch.zeros((batch, n_best), dtype=torch.long, device=device)
-    fin_attn = torch.zeros((batch, n_best, steps, src_len), device=device)
+    fin_beam = torch.zeros((batch, n_best), dtype=torch.long, device=device)
     prev = torch.full((batch * K,), BOS_ID, dtype=torch.long, device=device)
-    has_attn = True
 
     for t in range(steps):
         rows = active.size(0)
-        logp, attn, state = model.step(prev, state)  # (rows*K, V), (rows*K, src_len)
-        if attn is None:
-            has_attn, attn = False, logp.new_zeros(logp.size(0), src_len)
+        logp, attn, state = model.step(prev, state)  # (rows*K, V), (rows*K, src_len) or None
         vocab = logp.size(-1)
         if t >= shortest:  # past its limit a sentence may only end
             logp = _force_eos(logp, (t >= limit).repeat_interleave(K))
@@ -134,7 +144,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         parent = top_idx // vocab  # beam each candidate extends
         token = top_idx % vocab
         is_eos = token == EOS_ID
-        flat_parent = (torch.arange(rows, device=device).unsqueeze(1) * K + parent).view(-1)  # (rows*2K,)
+        flat_parent = torch.arange(rows, device=device).unsqueeze(1) * K + parent  # (rows, 2K) beam rows
 
         # Candidates ending in </s> among the K best become finished hypotheses. (On the CPU,
         # skip the bookkeeping in the many steps without any; on a GPU that check would sync.)
@@ -142,22 +152,15 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         if device.type != "cpu" or bool(ending.any()):
             new_fin = torch.where(ending, normalize(top_score[:, :K], t + 1, length_penalty), NEG_INF)
             fin_score, pick = torch.cat([fin_score, new_fin], dim=1).topk(n_best, dim=-1)  # of n_best + K
-            parents = flat_parent.view(rows, 2 * K)[:, :K].reshape(-1)  # (rows*K,)
-            cand_tok = torch.zeros((rows, K, steps), dtype=torch.long, device=device)
-            cand_tok[:, :, :t] = alive_tok.index_select(0, parents).view(rows, K, t)
-            cand_attn = torch.zeros((rows, K, steps, src_len), device=device)
-            cand_attn[:, :, :t] = alive_attn.index_select(0, parents).view(rows, K, t, src_len)
-            fin_tok = _gather_rows(torch.cat([fin_tok, cand_tok], 1), pick)
-            fin_attn = _gather_rows(torch.cat([fin_attn, cand_attn], 1), pick)
-            fin_len = _gather_rows(torch.cat([fin_len, torch.full((rows, K), t, device=device)], 1), pick)
+            fin_len = torch.cat([fin_len, torch.full((rows, K), t, device=device)], 1).gather(1, pick)
+            fin_beam = torch.cat([fin_beam, flat_parent[:, :K]], 1).gather(1, pick)
 
         # The K best candidates that do not end continue.
         alive_score, keep = torch.where(is_eos, NEG_INF, top_score).topk(K, dim=-1)  # (rows, K)
-        rows_sel = flat_parent.view(rows, 2 * K).gather(1, keep).view(-1)  # (rows*K,)
+        rows_sel = flat_parent.gather(1, keep).view(-1)  # (rows*K,)
         prev = token.gather(1, keep).view(-1)
-        state = _select(state, rows_sel)
-        alive_tok = torch.cat([alive_tok.index_select(0, rows_sel), prev.unsqueeze(1)], 1)
-        alive_attn = torch.cat([alive_attn.index_select(0, rows_sel), attn.float().index_select(0, rows_sel).unsqueeze(1)], 1)
+        state = _select(state, rows_sel, shared)
+        history.add(prev, rows_sel, attn)
 
         if (t + 1) % check_every and t + 1 < steps:
             continue
@@ -168,30 +171,65 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         if not bool(done.any()):
             continue
         ids = active[done]
-        res_score[ids], res_tok[ids], res_len[ids], res_attn[ids] = fin_score[done], fin_tok[done], fin_len[done], fin_attn[done]
+        res_score[ids], res_len[ids], res_beam[ids] = fin_score[done], fin_len[done], fin_beam[done]
         if bool(done.all()):
             break
         keep_rows = (~done).nonzero().squeeze(1)
         keep_beams = (keep_rows.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
         active, limit, alive_score = active[keep_rows], limit[keep_rows], alive_score[keep_rows]
         shortest = int(limit.min())
-        fin_score, fin_tok, fin_len, fin_attn = fin_score[keep_rows], fin_tok[keep_rows], fin_len[keep_rows], fin_attn[keep_rows]
-        state = _select(state, keep_beams)
-        prev, alive_tok, alive_attn = prev[keep_beams], alive_tok[keep_beams], alive_attn[keep_beams]
+        fin_score, fin_len, fin_beam = fin_score[keep_rows], fin_len[keep_rows], fin_beam[keep_rows]
+        state = _select(state, keep_beams, shared, sentences=keep_rows)
+        prev = prev[keep_beams]
+        history.keep(keep_beams)
 
-    return _collect(res_score, res_tok, res_len, res_attn if has_attn else None, lengths)
+    tokens, attention = history.backtrack(res_len.view(-1), res_beam.view(-1))  # (batch*n_best, steps[, src_len])
+    steps_done = tokens.size(1)
+    return _collect(res_score, tokens.view(batch, n_best, steps_done), res_len,
+                    attention.view(batch, n_best, steps_done, -1) if attention is not None else None, lengths)
+
+
+class _History:
+    """Per step of beam search: each open beam's token (beams,), the beam of the previous
+    step it extends (beams,) and the attention rows of the previous step's beams (or None)."""
+
+    def __init__(self):
+        self.tokens: list[torch.Tensor] = []
+        self.back: list[torch.Tensor] = []
+        self.attn: list[torch.Tensor | None] = []
+
+    def add(self, tokens, back, attn) -> None:
+        self.tokens.append(tokens)
+        self.back.append(back)
+        self.attn.append(attn)
+
+    def keep(self, beams: torch.Tensor) -> None:
+        """Renumber the last step's beams after dropping sentences."""
+        self.tokens[-1], self.back[-1] = self.tokens[-1][beams], self.back[-1][beams]
+
+    def backtrack(self, length: torch.Tensor, last: torch.Tensor):
+        """Tokens (n, steps) and attention (n, steps, src_len) or None of n hypotheses that end
+        (with </s>) at step ``length`` (n,), extending beam ``last`` (n,) of the step before."""
+        n, steps = length.size(0), len(self.tokens)
+        tokens = torch.zeros((n, steps), dtype=torch.long, device=length.device)
+        attn = self.attn[0]
+        attention = attn.new_zeros((n, steps, attn.size(-1)), dtype=torch.float) if attn is not None else None
+        beam = torch.zeros_like(last)
+        for s in range(steps - 1, -1, -1):
+            beam = torch.where(length - 1 == s, last, beam)  # a hypothesis' last token is at step length-1
+            live = length > s
+            beam = torch.where(live, beam, 0)  # (the others point anywhere valid)
+            tokens[:, s] = torch.where(live, self.tokens[s][beam], 0)
+            beam = self.back[s][beam]
+            if attention is not None:
+                attention[:, s] = self.attn[s][beam].float() * live.unsqueeze(1)
+        return tokens, attention
 
 
 def _force_eos(logp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """logp (n, vocab) with every token but </s> impossible in the rows where ``rows`` (n,) is True."""
     others = torch.arange(logp.size(1), device=logp.device) != EOS_ID
     return logp.masked_fill(rows.unsqueeze(1) & others, NEG_INF)
-
-
-def _gather_rows(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
-    """x (rows, n, ...) indexed by pick (rows, m) along dim 1 -> (rows, m, ...)."""
-    index = pick.view(*pick.shape, *([1] * (x.dim() - 2))).expand(*pick.shape, *x.shape[2:])
-    return x.gather(1, index)
 
 
 def _collect(score, tok, length, attn, src_lengths) -> list[list[Hypothesis]]:
