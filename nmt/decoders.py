@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .attention import GlobalAttention
+from .dropout import Dropout
 from .embeddings import WordEmbeddings
 
 # A decoding state is a dict of batch-first tensors, so that search can reorder every
@@ -30,7 +31,7 @@ class InputFeedDecoder(nn.Module):
         in_size = embeddings.output_size + (hidden if self.input_feed else 0)
         self.cells = nn.ModuleList(nn.LSTMCell(in_size if i == 0 else hidden, hidden) for i in range(layers))
         self.attention = GlobalAttention(attention, hidden, memory_size) if attention != "none" else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.hidden = hidden
 
     def init_state(self, memory, mask, h, c) -> State:

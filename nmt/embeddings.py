@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dropout import Dropout
 from .vocabulary import PAD_ID
 
 
@@ -19,7 +20,7 @@ class WordEmbeddings(nn.Module):
     def __init__(self, vocab_size: int, emb_size: int, dropout: float = 0.0):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, emb_size, padding_idx=PAD_ID)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output_size = emb_size
 
     @property

@@ -105,7 +105,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
 
     Hypotheses are not copied as they grow: every step records each open beam's token, the
     beam it extends and the attention rows, and a finished hypothesis is only a pointer
-    (its last step, its last beam), followed back once at the end (``_backtrack``).
+    (its last step, its last beam), followed back once at the end (``_History.backtrack``).
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and the beam size")

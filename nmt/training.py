@@ -58,8 +58,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     elementwise exp or logsumexp on the CPU is up to ten times slower (see BENCHMARKS.md)."""
 
     @staticmethod
-    def forward(ctx, logits, target, smoothing):  # logits (n, vocab), target (n,)
-        logp = torch.log_softmax(logits, dim=-1)
+    def forward(ctx, logits, target, smoothing):  # logits (n, vocab) in any float dtype, target (n,)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
         loss = (1.0 - smoothing) * nll - smoothing * logp.mean(-1) if smoothing else nll
         ctx.save_for_backward(logits, target)
@@ -72,11 +72,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_nll):
         logits, target = ctx.saved_tensors
         eps = ctx.smoothing
-        grad = torch.softmax(logits, dim=-1)
+        grad = torch.softmax(logits, dim=-1, dtype=torch.float32)
         if eps:
             grad.sub_(eps / logits.size(1))
         grad[torch.arange(grad.size(0), device=grad.device), target] -= 1.0 - eps
-        return grad.mul_(grad_loss), None, None
+        return grad.mul_(grad_loss).to(logits.dtype), None, None
 
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +85,7 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
     mask = target != PAD_ID
     if logits.dim() == 3:
         logits = logits[mask]
-    return _SmoothedCrossEntropy.apply(logits.float(), target[mask], smoothing)
+    return _SmoothedCrossEntropy.apply(logits, target[mask], smoothing)  # in fp32, also from bf16 logits
 
 
 def check_cpu_bf16() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nmt.config import ModelConfig
+from nmt.dropout import Dropout
 from nmt.encoders import reverse_index
 from nmt.model import Seq2Seq
 from nmt.training import sequence_loss
@@ -73,3 +74,35 @@ def test_fused_loss_matches_pytorch(smoothing):
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert nll.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum").item(), rel=1e-5)
     assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
+def test_loss_of_bf16_logits_is_computed_in_fp32_and_returns_a_bf16_gradient():
+    """Under --amp the output layer gives bf16 logits; the loss upcasts inside its kernels."""
+    torch.manual_seed(0)
+    logits = (torch.randn(30, 50) * 4).bfloat16().requires_grad_()
+    target = torch.randint(4, 50, (30,))
+    loss, nll = sequence_loss(logits, target, 0.1)
+    wide = logits.detach().float().requires_grad_()
+    ref_loss, ref_nll = sequence_loss(wide, target, 0.1)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert nll.item() == pytest.approx(ref_nll.item(), rel=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
+    assert torch.allclose(logits.grad.float(), wide.grad, atol=1e-2)
+
+
+def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
+    torch.manual_seed(0)
+    drop = Dropout(0.3).train()
+    x = torch.ones(200, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert (1 - kept.float().mean().item()) == pytest.approx(0.3, abs=0.01)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(1.0)
