@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import PAIRS
+from nmt.data import pad
 from nmt.search import beam_search
 from nmt.translator import Translator
 from test_training import tiny_corpus, trainer
@@ -44,7 +45,7 @@ def test_beam_search_syncs_with_the_host_only_at_its_checks(tiny_translator):
     """Between two decoder steps that are not a check, nothing waits for the GPU."""
     gpu = on_gpu(tiny_translator)
     ids = [gpu.checkpoint.src_vocab.encode(gpu.src_tok.tokenize(s)) for s in SOURCES[:8]]
-    src = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in ids], batch_first=True).cuda()
+    src = pad(ids).cuda()
     lengths = torch.tensor([len(x) for x in ids], device="cuda")
     model, check_every = gpu.model, 4
     syncs = [0]  # before the first step, then one count per step (its call and the loop after it)
