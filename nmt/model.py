@@ -59,12 +59,12 @@ class Seq2Seq(nn.Module):
 
         Teacher forcing; with ``sampling_prob`` > 0 (scheduled sampling), each sentence feeds
         its own previous prediction instead of the reference with that probability.
-        ``only`` (batch, tgt_len) bool: return logits (n, tgt_vocab) for those positions only
-        (training skips the output layer on padding)."""
+        ``only`` (n,): return logits (n, tgt_vocab) for these positions of the flattened
+        (batch * tgt_len) only (training skips the output layer on padding)."""
         state = self.encode(src, src_lengths)
         if sampling_prob <= 0:
             out, attn = self.decoder(tgt_in, state)
-            return self.generator(out if only is None else out[only]), attn
+            return self.generator(out if only is None else out.flatten(0, 1).index_select(0, only)), attn
         logits, attns = [], []
         prev = tgt_in[:, 0]
         for t in range(tgt_in.size(1)):
@@ -75,7 +75,8 @@ class Seq2Seq(nn.Module):
             logits.append(self.generator(out))
             attns.append(attn)
         logits = torch.stack(logits, 1)
-        return logits if only is None else logits[only], torch.stack(attns, 1) if self.has_attention else None
+        logits = logits if only is None else logits.flatten(0, 1).index_select(0, only)
+        return logits, torch.stack(attns, 1) if self.has_attention else None
 
     def step(self, tokens: torch.Tensor, state: State):
         """Search interface: previous tokens (batch,) -> log-probs (batch, vocab), attention, state."""

@@ -58,8 +58,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     elementwise exp or logsumexp on the CPU is up to ten times slower (see BENCHMARKS.md)."""
 
     @staticmethod
-    def forward(ctx, logits, target, smoothing):  # logits (n, vocab) in any float dtype, target (n,)
-        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+    def forward(ctx, logits, target, smoothing):  # logits (rows >= n, vocab) in any float dtype, target (n,)
+        logp = torch.log_softmax(logits[: target.size(0)], dim=-1, dtype=torch.float32)
         nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
         loss = (1.0 - smoothing) * nll - smoothing * logp.mean(-1) if smoothing else nll
         ctx.save_for_backward(logits, target)
@@ -72,20 +72,38 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_nll):
         logits, target = ctx.saved_tensors
         eps = ctx.smoothing
+        n = target.size(0)
         grad = torch.softmax(logits, dim=-1, dtype=torch.float32)
         if eps:
-            grad.sub_(eps / logits.size(1))
-        grad[torch.arange(grad.size(0), device=grad.device), target] -= 1.0 - eps
+            grad[:n].sub_(eps / logits.size(1))
+        grad[torch.arange(n, device=grad.device), target] -= 1.0 - eps
+        grad[n:] = 0.0  # rows that only round the shape
         return grad.mul_(grad_loss).to(logits.dtype), None, None
 
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed training loss (label-smoothed) and summed NLL over non-padding targets.
-    logits (batch, len, vocab) or already (tokens, vocab); target (batch, len) or (tokens,)."""
+    logits (batch, len, vocab) or already (rows, vocab); target (batch, len) or (tokens,).
+    Rows of ``logits`` beyond the targets' count (see ``output_positions``) get no loss and no gradient."""
     mask = target != PAD_ID
     if logits.dim() == 3:
         logits = logits[mask]
     return _SmoothedCrossEntropy.apply(logits, target[mask], smoothing)  # in fp32, also from bf16 logits
+
+
+def output_positions(mask: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Flat positions (rows,) in ``mask`` (batch, len) for the output layer: its True ones, then
+    as many False ones (padding) as round the count up to a ``multiple``, while there are any.
+
+    oneDNN builds a bf16 matrix product for every new shape it sees: about 25 ms for the output
+    layer's on a CPU, three times a batch (forward and backward) if every batch brought a new
+    token count. Rounding keeps the count of shapes small, so they are built once."""
+    flat = mask.flatten()
+    positions = flat.nonzero().squeeze(1)
+    extra = -positions.numel() % multiple
+    if extra:
+        positions = torch.cat([positions, (~flat).nonzero().squeeze(1)[:extra]])
+    return positions
 
 
 def check_cpu_bf16() -> None:
@@ -138,6 +156,8 @@ class Trainer:
         self.amp = train.amp or self.device.type == "cuda"
         if self.amp and self.device.type == "cpu":
             check_cpu_bf16()
+        # Output rows per batch: a multiple of 64 for oneDNN's bf16 (see output_positions).
+        self.row_multiple = 64 if self.amp and self.device.type == "cpu" else 1
         if train.threads:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
@@ -237,10 +257,11 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One update; returns the batch's summed loss and NLL as (detached) device scalars."""
+        positions = output_positions(batch.tgt_out != PAD_ID, self.row_multiple)
         with self._autocast():
-            mask = batch.tgt_out != PAD_ID
-            logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling, only=mask)
-        loss, nll = sequence_loss(logits, batch.tgt_out[mask], self.cfg.label_smoothing)
+            logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling, only=positions)
+        target = batch.tgt_out.flatten()[positions]
+        loss, nll = sequence_loss(logits, target[target != PAD_ID], self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss / batch.src.size(0)).backward()
         if self.cfg.max_grad_norm > 0:

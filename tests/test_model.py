@@ -9,7 +9,7 @@ from nmt.config import ModelConfig
 from nmt.dropout import Dropout
 from nmt.encoders import reverse_index
 from nmt.model import Seq2Seq
-from nmt.training import sequence_loss
+from nmt.training import output_positions, sequence_loss
 
 
 def test_reference_architecture_has_opennmt_parameter_count():
@@ -91,6 +91,31 @@ def test_loss_of_bf16_logits_is_computed_in_fp32_and_returns_a_bf16_gradient():
     ref_loss.backward()
     assert logits.grad.dtype == torch.bfloat16
     assert torch.allclose(logits.grad.float(), wide.grad, atol=1e-2)
+
+
+def test_output_positions_put_real_tokens_first_and_round_the_count_with_padding():
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    assert output_positions(mask).tolist() == [0, 1, 2, 4]
+    rounded = output_positions(mask, 3)
+    assert rounded.tolist()[:4] == [0, 1, 2, 4] and len(rounded) == 6
+    assert not mask.flatten()[rounded[4:]].any()  # the extra rows are padding positions
+    assert len(output_positions(mask, 64)) == 8  # no more rows than there are positions
+
+
+def test_loss_ignores_the_rows_that_only_round_the_shape():
+    """Training under --amp on a CPU rounds the output layer's row count (output_positions):
+    the extra rows change neither the loss nor the real rows' gradient, and get none."""
+    torch.manual_seed(0)
+    logits = torch.randn(7, 13, requires_grad=True)
+    target = torch.randint(4, 13, (5,))
+    loss, nll = sequence_loss(logits, target, 0.1)
+    loss.backward()
+    real = logits.detach()[:5].clone().requires_grad_()
+    ref_loss, ref_nll = sequence_loss(real, target, 0.1)
+    ref_loss.backward()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6) and nll.item() == pytest.approx(ref_nll.item(), rel=1e-6)
+    assert torch.equal(logits.grad[:5], real.grad)
+    assert not logits.grad[5:].any()
 
 
 def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():

@@ -130,3 +130,23 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     assert code == 2 and "error:" in capsys.readouterr().err
     code = main(["train", "--train-from", str(tmp_path / "nothing-here")])
     assert code == 2 and "no resumable checkpoint" in capsys.readouterr().err
+
+
+def test_rounding_the_output_rows_changes_no_update(tmp_path):
+    """With --amp on a CPU a step rounds the output layer's rows to a multiple of 64 with
+    padding positions (oneDNN builds a kernel per shape); the update is the same as without."""
+    files = tiny_corpus(tmp_path, n_train=40, n_valid=8)
+    steps = []
+    for multiple in (1, 64):
+        t = trainer(files, tmp_path / f"run{multiple}", epochs=1, dropout=0.0)
+        t.cfg.scheduled_sampling = 0.0
+        t._setup()
+        t.row_multiple = multiple
+        batch = next(iter(t.train_data.batches(16, shuffle=False)))
+        torch.manual_seed(0)
+        loss, _ = t.train_step(batch)
+        steps.append((loss, [p.detach().clone() for p in t.model.parameters()]))
+    (loss1, params1), (loss64, params64) = steps
+    assert torch.allclose(loss1, loss64, rtol=1e-6)
+    for a, b in zip(params1, params64):
+        assert torch.allclose(a, b, atol=1e-6)
