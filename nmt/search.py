@@ -136,15 +136,11 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     for t in range(steps):
         rows = active.size(0)
         logp, attn, state = model.step(prev, state)  # (rows*K, V), (rows*K, src_len) or None
-        vocab = logp.size(-1)
         if t >= shortest:  # past its limit a sentence may only end
             logp = _force_eos(logp, (t >= limit).repeat_interleave(K))
-        cand = (alive_score.unsqueeze(-1) + logp.view(rows, K, vocab)).view(rows, K * vocab)
-        top_score, top_idx = block_topk(cand, 2 * K)  # (rows, 2K), best first
-        parent = top_idx // vocab  # beam each candidate extends
-        token = top_idx % vocab
+        # (rows, 2K) best first: score, the beam row each candidate extends, its token
+        top_score, flat_parent, token = beam_topk(logp, alive_score.view(-1), K, 2 * K)
         is_eos = token == EOS_ID
-        flat_parent = torch.arange(rows, device=device).unsqueeze(1) * K + parent  # (rows, 2K) beam rows
 
         # Candidates ending in </s> among the K best become finished hypotheses. (On the CPU,
         # skip the bookkeeping in the many steps without any; on a GPU that check would sync.)
@@ -226,28 +222,43 @@ class _History:
         return tokens, attention
 
 
-def block_topk(x: torch.Tensor, k: int, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x.topk(k, dim=-1)`` for wide rows (rows, n), in two cheap passes: the k largest
-    values lie in the k blocks (of ``block`` columns) with the largest maxima, so take those
-    blocks' maxima first, then the top k of their k * block values.
+TOPK_BLOCK = 32  # columns per block in beam_topk's first pass (0: one plain topk)
 
-    The same values and, barring ties, the same indices as ``topk``, which on a CPU is much
-    slower for one wide row than a vectorized max over blocks. (Where a row has fewer than k
-    values above -inf, the indices that go with its -inf values are arbitrary valid columns.)"""
-    rows, n = x.shape
-    if n < 4 * k * block:
-        return x.topk(k, dim=-1)
-    whole = n - n % block
-    maxima = x[:, :whole].unflatten(1, (whole // block, block)).amax(-1)  # (rows, blocks)
-    if whole < n:
-        maxima = torch.cat([maxima, x[:, whole:].amax(-1, keepdim=True)], 1)  # the short last block
-    _, blocks = maxima.topk(k, dim=-1)  # (rows, k)
-    cols = (blocks.unsqueeze(-1) * block + torch.arange(block, device=x.device)).view(rows, k * block)
-    values = x.gather(1, cols.clamp(max=n - 1))
-    if whole < n:
-        values = values.masked_fill(cols >= n, NEG_INF)
+
+def beam_topk(logp: torch.Tensor, offsets: torch.Tensor, beam: int, k: int,
+              block: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The k best candidates ``offsets[r] + logp[r, v]`` of every sentence, over its ``beam``
+    consecutive rows r of ``logp`` (rows, vocab) and all tokens v; ``offsets`` (rows,) are the
+    beams' scores. Returns scores, rows and tokens, each (rows // beam, k), best first.
+
+    Two passes over ``logp`` and no (rows, vocab) temporary: the k best lie in the k blocks
+    (of TOPK_BLOCK columns) whose maxima plus offsets are largest, so take the blocks' maxima,
+    then the top k of those blocks' values. On a CPU this reads the wide array once, where
+    adding the offsets and one ``topk`` over (beam x vocabulary) read and write it several
+    times and a ``topk`` over one wide row is slow. The same values as that plain ``topk`` and,
+    barring ties, the same candidates (where a sentence has fewer than k candidates above
+    -inf, those of its -inf scores are arbitrary valid ones)."""
+    n, vocab = logp.shape
+    sentences, block = n // beam, TOPK_BLOCK if block is None else block
+    first_row = torch.arange(sentences, device=logp.device).unsqueeze(1) * beam  # (sentences, 1)
+    if not block or vocab < 4 * k * block:
+        cand = (offsets.unsqueeze(1) + logp).view(sentences, beam * vocab)
+        top, idx = cand.topk(k, dim=-1)
+        return top, first_row + idx // vocab, idx % vocab
+    whole = vocab - vocab % block
+    maxima = logp[:, :whole].unflatten(1, (whole // block, block)).amax(-1)  # (rows, blocks)
+    if whole < vocab:
+        maxima = torch.cat([maxima, logp[:, whole:].amax(-1, keepdim=True)], 1)  # the short last block
+    n_blocks = maxima.size(1)
+    _, best = (maxima + offsets.unsqueeze(1)).view(sentences, beam * n_blocks).topk(k, dim=-1)
+    rows = first_row + best // n_blocks  # (sentences, k) the row of each best block
+    cols = ((best % n_blocks).unsqueeze(-1) * block + torch.arange(block, device=logp.device)).view(sentences, -1)
+    rows = rows.repeat_interleave(block, dim=1)  # (sentences, k * block), like cols
+    values = logp.view(-1)[rows * vocab + cols.clamp(max=vocab - 1)] + offsets[rows]
+    if whole < vocab:
+        values = values.masked_fill(cols >= vocab, NEG_INF)
     top, pos = values.topk(k, dim=-1)
-    return top, cols.gather(1, pos).clamp(max=n - 1)
+    return top, rows.gather(1, pos), cols.gather(1, pos).clamp(max=vocab - 1)
 
 
 def _force_eos(logp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

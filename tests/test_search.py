@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmt.search import beam_search, block_topk, greedy_search
+from nmt.search import beam_search, beam_topk, greedy_search
 from nmt.vocabulary import BOS_ID, EOS_ID
 
 W1, W2 = 4, 5  # the toy vocabulary: 4 specials + two words
@@ -169,26 +169,33 @@ def test_checking_for_finished_sentences_less_often_changes_nothing(seed, check_
             assert all(torch.equal(x.attention, y.attention) for x, y in zip(a, b))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 2000), st.integers(1, 12), st.integers(0, 10_000), st.booleans())
-def test_block_topk_is_topk(rows, n, k, seed, some_impossible):
-    """The two-pass top-k that beam search uses over (beam x vocabulary) equals torch.topk."""
-    k = min(k, n)
-    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed))
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 700), st.integers(1, 12), st.integers(0, 10_000), st.booleans())
+def test_beam_topk_is_a_plain_topk_over_beam_and_vocabulary(sentences, beam, vocab, k, seed, some_impossible):
+    """The two-pass top-k that beam search uses equals torch.topk over offsets + log-probs."""
+    k = min(k, beam * vocab)
+    gen = torch.Generator().manual_seed(seed)
+    logp = torch.randn(sentences * beam, vocab, generator=gen)
+    offsets = torch.randn(sentences * beam, generator=gen) * 3
     if some_impossible:
-        x[x < 0.5] = float("-inf")  # like forced ends and the empty beams of the first step
-    values, index = block_topk(x, k, block=8)
-    expected_values, expected_index = x.topk(k, dim=-1)
-    assert torch.equal(values, expected_values)
-    assert bool(((index >= 0) & (index < n)).all())
-    possible = values > float("-inf")
-    assert torch.equal(index[possible], expected_index[possible])
+        logp[logp < 0.5] = float("-inf")  # like forced ends
+        offsets[1::2] = float("-inf")  # like the empty beams of the first step
+    scores, rows, tokens = beam_topk(logp, offsets, beam, k, block=8)
+    expected, index = (offsets.unsqueeze(1) + logp).view(sentences, beam * vocab).topk(k, dim=-1)
+    assert torch.equal(scores, expected)
+    assert bool(((tokens >= 0) & (tokens < vocab)).all())
+    first = torch.arange(sentences).unsqueeze(1) * beam
+    assert bool(((rows >= first) & (rows < first + beam)).all())  # a sentence's own beams
+    possible = scores > float("-inf")
+    assert torch.equal(rows[possible], (first + index // vocab)[possible])
+    assert torch.equal(tokens[possible], (index % vocab)[possible])
+    assert torch.equal(offsets[rows] + logp[rows, tokens], scores)
 
 
 def test_beam_search_over_a_wide_vocabulary_matches_plain_topk(monkeypatch):
-    """A vocabulary wide enough for block_topk's two passes: same hypotheses as with torch.topk."""
+    """A vocabulary wide enough for beam_topk's two passes: same hypotheses as with torch.topk."""
     gen = torch.Generator().manual_seed(1)
-    vocab = 700
+    vocab = 1500  # at least 4 x 2K x TOPK_BLOCK for the two passes
     logp = torch.log_softmax(torch.randn(6, vocab, vocab, generator=gen) * 3, -1)
 
     class Wide(ToyModel):
@@ -198,7 +205,7 @@ def test_beam_search_over_a_wide_vocabulary_matches_plain_topk(monkeypatch):
     src = torch.tensor([[7, 8, 9], [7, 8, 0]])
     lengths = torch.tensor([3, 2])
     fast = beam_search(Wide(), src, lengths, beam_size=5, n_best=3, length_penalty=1.0, max_len_a=1, max_len_b=2)
-    monkeypatch.setattr("nmt.search.block_topk", lambda x, k: x.topk(k, dim=-1))
+    monkeypatch.setattr("nmt.search.TOPK_BLOCK", 0)  # one plain topk
     plain = beam_search(Wide(), src, lengths, beam_size=5, n_best=3, length_penalty=1.0, max_len_a=1, max_len_b=2)
     for a, b in zip(fast, plain):
         assert [h.tokens for h in a] == [h.tokens for h in b]
