@@ -82,7 +82,7 @@ class Seq2Seq(nn.Module):
         """Search interface: previous tokens (batch,) -> log-probs (batch, vocab), attention, state."""
         emb = self.decoder.embeddings(tokens)
         out, attn, state = self.decoder.step(emb, state)
-        return torch.log_softmax(self.generator(out).float(), dim=-1), attn, state
+        return torch.log_softmax(self.generator(out), dim=-1, dtype=torch.float32), attn, state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
