@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
                    help="decode with int8 matrix layers (CPU)")
+    p.add_argument("--inter-threads", type=int, default=1, help="batches searched at once (CPU)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,11 +47,12 @@ def main() -> None:
     refs = read_lines(args.ref) if args.ref else None
     translator.translate(sources[:60], beam_size=5, int8=args.int8)  # warm-up
     print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, "
-          f"{'int8' if args.int8 else 'fp32'}, {len(sources)} sentences")
+          f"{'int8' if args.int8 else 'fp32'}, inter_threads {args.inter_threads}, {len(sources)} sentences")
     for beam in args.beam_sizes:
         for batch in args.batch_sizes:
             start = time.perf_counter()
-            results = translator.translate(sources, beam_size=beam, batch_size=batch, int8=args.int8)
+            results = translator.translate(sources, beam_size=beam, batch_size=batch, int8=args.int8,
+                                           inter_threads=args.inter_threads)
             elapsed = time.perf_counter() - start
             bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
             print(f"beam {beam:2d} batch {batch:3d}: {elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}")

@@ -113,6 +113,8 @@ class DecodeConfig:
     lexicon: str = _help("'source ||| target' file used by --replace-unk", default="")
     batch_size: int = _help("sentences per batch", default=30)
     int8: bool = _help("decode with int8 matrix layers (CPU; faster, slightly different scores)", default=False)
+    inter_threads: int = _help("batches searched at once on a CPU, sharing its threads (CTranslate2's "
+                               "inter_threads); the same translations", default=1)
 
     def validate(self) -> None:
         if self.beam_size < 1:
@@ -121,6 +123,8 @@ class DecodeConfig:
             raise ValueError(f"n_best must be between 1 and the beam size ({self.beam_size})")
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if self.inter_threads < 1:
+            raise ValueError("inter_threads must be at least 1")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +92,12 @@ class Translator:
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   replace_unk: bool | None = None, lexicon: dict[str, str] | str | Path | None = None,
                   length_penalty: float | None = None, max_len_a: float | None = None,
-                  max_len_b: int | None = None, batch_size: int | None = None, int8: bool | None = None) -> list[Translation]:
+                  max_len_b: int | None = None, batch_size: int | None = None, int8: bool | None = None,
+                  inter_threads: int | None = None) -> list[Translation]:
         """Translate raw sentences; unset options take the checkpoint's defaults."""
         cfg = self.settings(beam_size=beam_size, n_best=n_best, replace_unk=replace_unk, length_penalty=length_penalty,
-                            max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, int8=int8)
+                            max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, int8=int8,
+                            inter_threads=inter_threads)
         if isinstance(lexicon, (str, Path)):
             lexicon = load_lexicon(lexicon) if str(lexicon) else None
         if lexicon is None and cfg.lexicon:
@@ -105,20 +109,34 @@ class Translator:
         return [self._result(s, toks, h, cfg, lexicon) for s, toks, h in zip(sentences, src_tokens, hyps)]
 
     def search_tokens(self, src_tokens: list[list[str]], cfg: DecodeConfig) -> list[list[Hypothesis]]:
-        """Search every tokenized sentence, in batches of similar length; order is kept."""
+        """Search every tokenized sentence, in batches of similar length; order is kept.
+
+        With ``cfg.inter_threads`` > 1 on a CPU, that many batches are searched at once, each
+        by its share of the threads: one batch's Python bookkeeping then overlaps another's
+        matrix products, where a single batch leaves the cores idle between small operations."""
         results: list[list[Hypothesis]] = [[] for _ in src_tokens]
         order = sorted((i for i, t in enumerate(src_tokens) if t), key=lambda i: len(src_tokens[i]))
-        for start in range(0, len(order), cfg.batch_size):
-            chunk = order[start : start + cfg.batch_size]
+        chunks = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
+        model = self.search_model(cfg.int8)
+
+        def search(chunk: list[int]) -> list[list[Hypothesis]]:
             ids = [self.checkpoint.src_vocab.encode(src_tokens[i]) for i in chunk]
             src = pad(ids).to(self.device)
             lengths = torch.tensor([len(x) for x in ids], device=self.device)
-            for i, hyp in zip(chunk, self._search(src, lengths, cfg)):
+            return self._search(model, src, lengths, cfg)
+
+        workers = min(cfg.inter_threads, len(chunks)) if self.device.type == "cpu" else 1
+        if workers > 1:
+            with intra_op_threads(max(1, torch.get_num_threads() // workers)), ThreadPoolExecutor(workers) as pool:
+                found = list(pool.map(search, chunks))
+        else:
+            found = [search(chunk) for chunk in chunks]
+        for chunk, hyps in zip(chunks, found):
+            for i, hyp in zip(chunk, hyps):
                 results[i] = hyp
         return results
 
-    def _search(self, src, lengths, cfg: DecodeConfig) -> list[list[Hypothesis]]:
-        model = self.search_model(cfg.int8)
+    def _search(self, model, src, lengths, cfg: DecodeConfig) -> list[list[Hypothesis]]:
         check_every = 1 if self.device.type == "cpu" else 4  # on a GPU each check is a host-device sync
         if cfg.beam_size == 1:
             return greedy_search(model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, check_every)
@@ -158,6 +176,17 @@ class Translator:
             for i, t, s in zip(chunk, tgt, sequence_log_probs(self.model, src, tgt, self.device)):
                 scores[i] = (s, len(t) + 1)
         return scores
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """PyTorch's CPU thread count set to ``n`` for the duration (a process-wide setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sequence_log_probs(model, src: list[list[int]], tgt: list[list[int]], device) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import PAIRS
 
@@ -100,3 +101,24 @@ def test_int8_decoding_keeps_the_translations(tiny_translators):
     assert [r.score for r in int8] == pytest.approx([r.score for r in fp32], abs=0.05)
     assert "quantized" in type(tr.search_model(True).generator).__module__
     assert tr.search_model(False) is tr.model  # the fp32 model is untouched
+
+
+def test_batches_searched_at_once_give_the_same_translations(tiny_translators, monkeypatch):
+    """inter_threads > 1 searches several batches at once, each with its share of the threads."""
+    tr = tiny_translators["general"]
+    sents = [s for s, _ in PAIRS] * 3
+    seen = []
+    search = tr._search
+    monkeypatch.setattr(tr, "_search", lambda *a: seen.append(torch.get_num_threads()) or search(*a))
+    threads = torch.get_num_threads()
+    one = tr.translate(sents, beam_size=3, n_best=2, batch_size=2)
+    seen.clear()
+    two = tr.translate(sents, beam_size=3, n_best=2, batch_size=2, inter_threads=2)
+    assert len(seen) == (len(sents) + 1) // 2 and set(seen) == {max(1, threads // 2)}
+    assert torch.get_num_threads() == threads  # restored
+    for a, b in zip(one, two):
+        assert [c.tokens for c in a.n_best] == [c.tokens for c in b.n_best]
+        assert [c.score for c in a.n_best] == [c.score for c in b.n_best]
+        assert np.array_equal(a.attention, b.attention)
+    with pytest.raises(ValueError, match="inter_threads"):
+        tr.translate(sents, inter_threads=0)
