@@ -9,7 +9,7 @@ from nmt.config import ModelConfig
 from nmt.dropout import Dropout
 from nmt.encoders import reverse_index
 from nmt.model import Seq2Seq
-from nmt.training import output_positions, sequence_loss
+from nmt.training import clip_grad_norm, output_positions, sequence_loss
 
 
 def test_reference_architecture_has_opennmt_parameter_count():
@@ -76,17 +76,17 @@ def test_fused_loss_matches_pytorch(smoothing):
     assert torch.allclose(grad, ref_grad, atol=1e-6)
 
 
-def test_loss_of_bf16_logits_is_computed_in_fp32_and_returns_a_bf16_gradient():
-    """Under --amp the output layer gives bf16 logits; the loss upcasts inside its kernels."""
+def test_loss_of_bf16_logits_is_within_bf16_rounding_of_fp32_and_returns_a_bf16_gradient():
+    """Under --amp the output layer gives bf16 logits; the loss works on them in bf16 and sums in fp32."""
     torch.manual_seed(0)
     logits = (torch.randn(30, 50) * 4).bfloat16().requires_grad_()
     target = torch.randint(4, 50, (30,))
     loss, nll = sequence_loss(logits, target, 0.1)
     wide = logits.detach().float().requires_grad_()
     ref_loss, ref_nll = sequence_loss(wide, target, 0.1)
-    assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
-    assert nll.item() == pytest.approx(ref_nll.item(), rel=1e-6)
+    assert loss.dtype == nll.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=4e-3)  # bf16 keeps 8 significant bits
+    assert nll.item() == pytest.approx(ref_nll.item(), rel=4e-3)
     loss.backward()
     ref_loss.backward()
     assert logits.grad.dtype == torch.bfloat16
@@ -131,3 +131,19 @@ def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
     assert torch.equal(drop.eval()(x), x)
     with pytest.raises(ValueError, match="dropout"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 100.0])
+def test_gradient_clipping_matches_pytorch(scale):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 7)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.randn_like(p) * scale
+    ref = [p.grad.clone() for p in params]
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, g in zip(ref_params, ref):
+        p.grad = g
+    expected = torch.nn.utils.clip_grad_norm_(ref_params, 5.0)
+    assert clip_grad_norm(params, 5.0).item() == pytest.approx(expected.item())
+    for p, q in zip(params, ref_params):
+        assert torch.allclose(p.grad, q.grad)
