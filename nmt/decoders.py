@@ -64,8 +64,8 @@ class InputFeedDecoder(nn.Module):
         attention (batch, tgt_len, src_len) or None."""
         emb = self.embeddings(tgt_in)  # (batch, tgt_len, emb)
         outs, attns = [], []
-        for t in range(tgt_in.size(1)):
-            out, attn, state = self.step(emb[:, t], state)
+        for emb_t in emb.unbind(1):  # (one backward node; emb[:, t] would make a full-size gradient per step)
+            out, attn, state = self.step(emb_t, state)
             outs.append(out)
             attns.append(attn)
         attn = torch.stack(attns, 1) if self.attention is not None else None
