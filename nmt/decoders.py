@@ -46,10 +46,11 @@ class InputFeedDecoder(nn.Module):
         x = torch.cat([emb, state["feed"]], dim=-1) if self.input_feed else emb
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
+            if i > 0:
+                x = self.dropout(h)  # between layers (the last layer's h goes to attention as is)
             h, c = cell(x, (state["h"][:, i], state["c"][:, i]))
             hs.append(h)
             cs.append(c)
-            x = self.dropout(h)
         if self.attention is not None:
             out, attn = self.attention(h, state["memory"], state["keys"], state["mask"])
         else:
