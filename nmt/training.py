@@ -54,8 +54,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     """Label-smoothed cross-entropy over rows of logits, fused: one softmax pass backward.
 
     Returns the summed loss and (not differentiable) the summed NLL. Built on log_softmax and
-    softmax, whose kernels stay fast over the wide logit range of a trained model, where an
-    elementwise exp or logsumexp on the CPU is up to ten times slower (see BENCHMARKS.md).
+    softmax, single fused kernels, where ``logsumexp`` on a CPU makes temporaries and is slower
+    (4.1 against 3.0 ms for log_softmax over (800, 6225) on an AMX Xeon).
 
     Both run in the logits' own dtype: with bf16 logits (--amp) that halves the memory traffic
     over the widest arrays of a step, and the gradient is bf16 anyway. The sums are taken in fp32."""
