@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
                    help="decode with int8 matrix layers (CPU)")
+    p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
+                   help="decoder step as a TorchScript trace (CPU)")
     p.add_argument("--inter-threads", type=int, default=1, help="batches searched at once (CPU)")
     args = p.parse_args()
     if args.threads:
@@ -45,14 +47,14 @@ def main() -> None:
     translator = Translator.load(args.model, device=args.device)
     sources = read_lines(args.src)
     refs = read_lines(args.ref) if args.ref else None
-    translator.translate(sources[:60], beam_size=5, int8=args.int8)  # warm-up
+    translator.translate(sources[:60], beam_size=5, int8=args.int8, trace=args.trace)  # warm-up
     print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, "
-          f"{'int8' if args.int8 else 'fp32'}, inter_threads {args.inter_threads}, {len(sources)} sentences")
+          f"{'int8' if args.int8 else 'fp32'}, trace {args.trace}, inter_threads {args.inter_threads}, {len(sources)} sentences")
     for beam in args.beam_sizes:
         for batch in args.batch_sizes:
             start = time.perf_counter()
             results = translator.translate(sources, beam_size=beam, batch_size=batch, int8=args.int8,
-                                           inter_threads=args.inter_threads)
+                                           inter_threads=args.inter_threads, trace=args.trace)
             elapsed = time.perf_counter() - start
             bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
             print(f"beam {beam:2d} batch {batch:3d}: {elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}")
@@ -61,7 +63,7 @@ def main() -> None:
         times = []
         for s in sources[: args.latency_sents]:
             start = time.perf_counter()
-            translator.translate([s], beam_size=beam, int8=args.int8)
+            translator.translate([s], beam_size=beam, int8=args.int8, trace=args.trace)
             times.append((time.perf_counter() - start) * 1000)
         q = statistics.quantiles(times, n=10)
         print(f"beam {beam:2d} one sentence: median {statistics.median(times):.1f} ms, p90 {q[8]:.1f} ms")

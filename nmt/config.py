@@ -115,6 +115,8 @@ class DecodeConfig:
     int8: bool = _help("decode with int8 matrix layers (CPU; faster, slightly different scores)", default=False)
     inter_threads: int = _help("batches searched at once on a CPU, sharing its threads (CTranslate2's "
                                "inter_threads); the same translations", default=1)
+    trace: bool = _help("run the decoder step as a TorchScript trace on a CPU (less Python overhead); "
+                        "the same translations", default=True)
 
     def validate(self) -> None:
         if self.beam_size < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,11 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import DecodeConfig, from_dict
 from .data import pad
 from .errors import NMTError
+from .model import Seq2Seq
 from .quantization import quantize_int8
 from .search import Hypothesis, beam_search, greedy_search
 from .tokenization import get_tokenizer
+from .tracing import TracedSearchModel
 from .unk import Replacement, load_lexicon, replace_unk
 from .vocabulary import BOS_ID, EOS_ID, PAD_ID
 
@@ -58,17 +61,23 @@ class Translator:
         self.src_tok = get_tokenizer(checkpoint.src_lang)
         self.tgt_tok = get_tokenizer(checkpoint.tgt_lang)
         self.defaults = from_dict(DecodeConfig, checkpoint.extra.get("decode", {}))
-        self._int8_model: torch.nn.Module | None = None
+        self._search_models: dict[tuple[bool, bool], object] = {}
+        self._lock = threading.Lock()
 
-    def search_model(self, int8: bool) -> torch.nn.Module:
-        """The model to search with: the fp32 one, or its int8 copy (CPU only, made once)."""
-        if not int8:
-            return self.model
-        if self.device.type != "cpu":
+    def search_model(self, int8: bool, trace: bool = False):
+        """The model to search with: the fp32 one or its int8 copy (CPU only), and on a CPU with
+        ``trace``, its step as a TorchScript trace (the same outputs). Each is made once."""
+        if int8 and self.device.type != "cpu":
             raise NMTError("int8 decoding runs on the CPU only")
-        if self._int8_model is None:
-            self._int8_model = quantize_int8(self.model)
-        return self._int8_model
+        # Only on a CPU (a GPU waits on kernel launches; untested there), and only a Seq2Seq, whose
+        # step has no Python branch on tensor values that a trace would freeze.
+        trace = trace and self.device.type == "cpu" and isinstance(self.model, Seq2Seq)
+        with self._lock:  # (concurrent requests in the app)
+            if (int8, False) not in self._search_models:
+                self._search_models[int8, False] = quantize_int8(self.model) if int8 else self.model
+            if trace and (int8, True) not in self._search_models:
+                self._search_models[int8, True] = TracedSearchModel(self._search_models[int8, False])
+            return self._search_models[int8, trace]
 
     @classmethod
     def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
@@ -93,11 +102,11 @@ class Translator:
                   replace_unk: bool | None = None, lexicon: dict[str, str] | str | Path | None = None,
                   length_penalty: float | None = None, max_len_a: float | None = None,
                   max_len_b: int | None = None, batch_size: int | None = None, int8: bool | None = None,
-                  inter_threads: int | None = None) -> list[Translation]:
+                  inter_threads: int | None = None, trace: bool | None = None) -> list[Translation]:
         """Translate raw sentences; unset options take the checkpoint's defaults."""
         cfg = self.settings(beam_size=beam_size, n_best=n_best, replace_unk=replace_unk, length_penalty=length_penalty,
                             max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, int8=int8,
-                            inter_threads=inter_threads)
+                            inter_threads=inter_threads, trace=trace)
         if isinstance(lexicon, (str, Path)):
             lexicon = load_lexicon(lexicon) if str(lexicon) else None
         if lexicon is None and cfg.lexicon:
@@ -117,7 +126,7 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in src_tokens]
         order = sorted((i for i, t in enumerate(src_tokens) if t), key=lambda i: len(src_tokens[i]))
         chunks = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
-        model = self.search_model(cfg.int8)
+        model = self.search_model(cfg.int8, cfg.trace)
 
         def search(chunk: list[int]) -> list[list[Hypothesis]]:
             ids = [self.checkpoint.src_vocab.encode(src_tokens[i]) for i in chunk]

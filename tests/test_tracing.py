@@ -1,0 +1,75 @@
+"""The traced decoder step (CPU search's default) gives exactly the eager step's results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PAIRS, tiny_config
+from nmt.data import pad
+from nmt.model import Seq2Seq
+from nmt.search import beam_search, greedy_search
+from nmt.tracing import TracedSearchModel
+
+SOURCES = [s for s, _ in PAIRS]
+
+
+def same_translations(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert [c.tokens for c in x.n_best] == [c.tokens for c in y.n_best]
+        assert [c.score for c in x.n_best] == [c.score for c in y.n_best]  # bit for bit
+        assert np.array_equal(x.attention, y.attention) if x.attention is not None else y.attention is None
+
+
+@pytest.mark.parametrize("kind", ["none", "dot", "general", "concat"])
+@pytest.mark.parametrize("int8", [False, True])
+def test_traced_search_equals_eager_search(tiny_translators, kind, int8):
+    tr = tiny_translators[kind]
+    # Traced on one sentence at beam 5, then replayed on other batch sizes, beams and lengths.
+    tr.translate(SOURCES[:1], beam_size=5, int8=int8, trace=True)
+    for beam, batch in ((5, 7), (3, 20), (1, 4)):
+        eager = tr.translate(SOURCES, beam_size=beam, n_best=min(beam, 2), batch_size=batch, int8=int8, trace=False)
+        traced = tr.translate(SOURCES, beam_size=beam, n_best=min(beam, 2), batch_size=batch, int8=int8, trace=True)
+        same_translations(eager, traced)
+    assert isinstance(tr.search_model(int8, trace=True), TracedSearchModel)
+    assert tr.search_model(int8, trace=True).model is tr.search_model(int8)  # one int8 copy for both
+
+
+@pytest.mark.parametrize("options", [dict(layers=2), dict(input_feed=False), dict(bridge=True, layers=2),
+                                     dict(attention="concat", brnn=False), dict(attention="none", layers=2)])
+def test_one_trace_serves_every_shape(options):
+    """Untrained models of other shapes: the trace made on the first batch holds no sizes."""
+    torch.manual_seed(0)
+    cfg = tiny_config(options.pop("attention", "general"), **options)
+    cfg.src_vocab, cfg.tgt_vocab = 40, 30
+    model = Seq2Seq(cfg).eval()
+    traced = TracedSearchModel(model)
+    gen = torch.Generator().manual_seed(1)
+    for batch, beam in ((1, 5), (6, 3), (3, 1)):
+        ids = [torch.randint(4, 40, (int(n),), generator=gen).tolist() for n in torch.randint(1, 12, (batch,), generator=gen)]
+        src, lengths = pad(ids), torch.tensor([len(x) for x in ids])
+        search = greedy_search if beam == 1 else beam_search
+        kwargs = {} if beam == 1 else dict(beam_size=beam, n_best=2)
+        for a, b in zip(search(model, src, lengths, **kwargs), search(traced, src, lengths, **kwargs), strict=True):
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+            assert [h.score for h in a] == [h.score for h in b]
+            for ha, hb in zip(a, b):
+                assert (ha.attention is None and hb.attention is None) or torch.equal(ha.attention, hb.attention)
+
+
+def test_a_model_in_training_mode_is_not_traced():
+    cfg = tiny_config("general", dropout=0.3)
+    cfg.src_vocab, cfg.tgt_vocab = 20, 20
+    with pytest.raises(ValueError, match="eval mode"):
+        TracedSearchModel(Seq2Seq(cfg).train())
+
+
+def test_gpu_translators_search_with_the_eager_model(tiny_translator):
+    """(Tracing is a CPU measure.) The device check is the only difference."""
+    tr = tiny_translator
+    tr.device, device = torch.device("cuda"), tr.device
+    try:
+        assert tr.search_model(False, trace=True) is tr.model
+    finally:
+        tr.device = device
