@@ -205,21 +205,36 @@ class _History:
 
     def backtrack(self, length: torch.Tensor, last: torch.Tensor):
         """Tokens (n, steps) and attention (n, steps, src_len) or None of n hypotheses that end
-        (with </s>) at step ``length`` (n,), extending beam ``last`` (n,) of the step before."""
-        n, steps = length.size(0), len(self.tokens)
-        tokens = torch.zeros((n, steps), dtype=torch.long, device=length.device)
-        attn = self.attn[0]
-        attention = attn.new_zeros((n, steps, attn.size(-1)), dtype=torch.float) if attn is not None else None
-        beam = torch.zeros_like(last)
-        for s in range(steps - 1, -1, -1):
-            beam = torch.where(length - 1 == s, last, beam)  # a hypothesis' last token is at step length-1
-            live = length > s
-            beam = torch.where(live, beam, 0)  # (the others point anywhere valid)
-            tokens[:, s] = torch.where(live, self.tokens[s][beam], 0)
-            beam = self.back[s][beam]
-            if attention is not None:
-                attention[:, s] = self.attn[s][beam].float() * live.unsqueeze(1)
-        return tokens, attention
+        (with </s>) at step ``length`` (n,), extending beam ``last`` (n,) of the step before;
+        zeros past each hypothesis' length.
+
+        The pointers are followed on Python ints (one transfer from the device), then the
+        attention rows of all steps are taken with one ``index_select``."""
+        steps, n, device = len(self.tokens), length.size(0), length.device
+        tok_start, attn_start = _offsets(self.tokens), _offsets(self.attn) if self.attn[0] is not None else None
+        tokens_l, back_l = torch.stack([torch.cat(self.tokens), torch.cat(self.back)]).tolist()
+        out = [[0] * steps for _ in range(n)]
+        rows = [[-1] * steps for _ in range(n)]  # each token's row in the stacked attention; -1: none
+        for i, (end, beam) in enumerate(zip(length.tolist(), last.tolist())):
+            for s in range(end - 1, -1, -1):  # a hypothesis' last token is at step end - 1
+                out[i][s] = tokens_l[tok_start[s] + beam]
+                beam = back_l[tok_start[s] + beam]  # the beam it extends: a row of step s's input
+                if attn_start is not None:
+                    rows[i][s] = attn_start[s] + beam
+        tokens = torch.tensor(out, dtype=torch.long, device=device).view(n, steps)
+        if attn_start is None:
+            return tokens, None
+        stacked = torch.cat(self.attn + [self.attn[0].new_zeros(1, self.attn[0].size(1))])  # (all rows + 1, src_len)
+        index = torch.tensor([r for hyp in rows for r in hyp], device=device)  # -1: the zero row
+        return tokens, stacked[index].view(n, steps, -1).float()
+
+
+def _offsets(tensors: list[torch.Tensor]) -> list[int]:
+    """Where each tensor's rows start once they are concatenated."""
+    starts = [0]
+    for t in tensors[:-1]:
+        starts.append(starts[-1] + t.size(0))
+    return starts
 
 
 TOPK_BLOCK = 32  # columns per block in beam_topk's first pass (0: one plain topk)
