@@ -38,9 +38,13 @@ class LSTMEncoder(nn.Module):
             idx = reverse_index(lengths, src.size(1))
             src = src.gather(1, idx)
         emb = self.embeddings(src)  # (batch, src_len, emb)
-        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, c) = self.rnn(packed)
-        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        lengths = lengths.cpu()
+        if bool((lengths == src.size(1)).all()):  # no padding (one sentence, say): packing only costs
+            memory, (h, c) = self.rnn(emb)       # time there (0.2 of 0.65 ms), with the same results
+        else:
+            packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+            out, (h, c) = self.rnn(packed)
+            memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         if self.reverse_src:
             memory = memory.gather(1, idx.unsqueeze(-1).expand_as(memory))
         if self.brnn:  # (layers*2, batch, hidden/2) -> (layers, batch, hidden)

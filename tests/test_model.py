@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
 from nmt.dropout import Dropout
@@ -37,6 +38,24 @@ def test_padding_does_not_change_a_sentence(attention, reverse_src):
         assert torch.all(attn[1, :, 3:] == 0)
     else:
         assert attn is None
+
+
+@pytest.mark.parametrize("brnn", [False, True])
+def test_unpadded_batches_skip_packing_with_the_same_results(brnn):
+    """Without padding (one sentence, say) the encoder runs its LSTM on the plain batch."""
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(src_vocab=20, tgt_vocab=20, emb_size=8, hidden=12, layers=2, brnn=brnn,
+                                dropout=0.0)).eval()
+    enc = model.encoder
+    for src in (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[5, 6, 7], [9, 8, 4]])):
+        lengths = torch.full((src.size(0),), src.size(1))
+        packed = pack_padded_sequence(enc.embeddings(src), lengths, batch_first=True, enforce_sorted=False)
+        out, (h, c) = enc.rnn(packed)
+        if brnn:
+            h, c = torch.cat([h[0::2], h[1::2]], dim=-1), torch.cat([c[0::2], c[1::2]], dim=-1)
+        memory, (h2, c2) = enc(src, lengths)
+        assert torch.equal(memory, pad_packed_sequence(out, batch_first=True)[0])  # bit for bit
+        assert torch.equal(h, h2) and torch.equal(c, c2)
 
 
 def test_reverse_src_reads_the_sentence_backwards_but_keeps_positions():
