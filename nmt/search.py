@@ -209,7 +209,7 @@ class _History:
         zeros past each hypothesis' length.
 
         The pointers are followed on Python ints (one transfer from the device), then the
-        attention rows of all steps are taken with one ``index_select``."""
+        attention rows of all steps are taken with one indexing."""
         steps, n, device = len(self.tokens), length.size(0), length.device
         tok_start, attn_start = _offsets(self.tokens), _offsets(self.attn) if self.attn[0] is not None else None
         tokens_l, back_l = torch.stack([torch.cat(self.tokens), torch.cat(self.back)]).tolist()
@@ -221,7 +221,7 @@ class _History:
                 beam = back_l[tok_start[s] + beam]  # the beam it extends: a row of step s's input
                 if attn_start is not None:
                     rows[i][s] = attn_start[s] + beam
-        tokens = torch.tensor(out, dtype=torch.long, device=device).view(n, steps)
+        tokens = torch.tensor(out, dtype=torch.long, device=device)  # (n, steps)
         if attn_start is None:
             return tokens, None
         stacked = torch.cat(self.attn + [self.attn[0].new_zeros(1, self.attn[0].size(1))])  # (all rows + 1, src_len)
