@@ -62,7 +62,7 @@ def main() -> None:
     for name in ("optim", "learning_rate", "label_smoothing", "amp", "threads", "device"):
         f = TrainConfig.__dataclass_fields__[name]
         flag = "--" + name.replace("_", "-")
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or f.metadata.get("flag"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             p.add_argument(flag, type=type(f.default), default=f.default)

@@ -26,7 +26,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, title: str) -> N
             continue
         flag = "--" + f.name.replace("_", "-")
         kwargs = {"default": f.default, "help": f"{f.metadata['help']} (default: %(default)s)", "dest": f.name}
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or f.metadata.get("flag"):  # (a flag may also be left unset: None)
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             group.add_argument(flag, type=type(f.default), choices=f.metadata.get("choices"), **kwargs)

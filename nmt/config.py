@@ -93,7 +93,8 @@ class TrainConfig:
     scheduled_sampling: float = _help("probability of feeding the model's own prediction", default=0.0)
     seed: int = _help("random seed", default=3435)
     device: str = _help("cpu, cuda or auto", default="auto")
-    amp: bool = _help("mixed precision (bf16 autocast; default on CUDA only)", default=False)
+    amp: bool | None = _help("mixed precision (bf16 autocast); unset: on with CUDA, off on a CPU", default=None,
+                             meta={"flag": True})
     threads: int = _help("CPU threads (0: PyTorch default)", default=0)
     valid_bleu_sents: int = _help("validation sentences greedily decoded for the epoch BLEU (0: all)", default=0)
     select_by: str = _help("keep the best checkpoint by this validation score", default="bleu", meta={"choices": ("bleu", "ppl")})

@@ -167,7 +167,7 @@ class Trainer:
         self.data_cfg, self.vocab_cfg, self.model_cfg, self.cfg = data, vocab, model, train
         self.save_dir = Path(train.save_dir)
         self.device = pick_training_device(train.device)
-        self.amp = train.amp or self.device.type == "cuda"
+        self.amp = train.amp if train.amp is not None else self.device.type == "cuda"
         if self.amp and self.device.type == "cpu":
             check_cpu_bf16()
         # Output rows per batch: a multiple of 64 for oneDNN's bf16 (see output_positions).

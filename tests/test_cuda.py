@@ -83,3 +83,11 @@ def test_training_on_the_gpu_with_mixed_precision(tmp_path):
     metrics = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
     assert metrics["train_loss"] == metrics["train_loss"]  # not NaN
     assert next(t.model.parameters()).is_cuda
+
+
+def test_no_amp_trains_in_full_precision_on_the_gpu(tmp_path):
+    files = tiny_corpus(tmp_path, n_train=32, n_valid=8)
+    t = trainer(files, tmp_path / "run", epochs=1)
+    t.cfg.amp = False
+    t = type(t)(t.data_cfg, t.vocab_cfg, t.model_cfg, t.cfg)
+    assert t.device.type == "cuda" and not t.amp

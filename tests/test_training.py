@@ -150,3 +150,16 @@ def test_rounding_the_output_rows_changes_no_update(tmp_path):
     assert torch.allclose(loss1, loss64, rtol=1e-6)
     for a, b in zip(params1, params64):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_amp_left_unset_follows_the_device_and_no_amp_is_respected(tmp_path):
+    from nmt.cli import build_parser, config_from_args
+
+    def amp(*flags):
+        args = build_parser().parse_args(["train", *flags])
+        return config_from_args(TrainConfig, args).amp
+
+    assert (amp(), amp("--amp"), amp("--no-amp")) == (None, True, False)
+    files = tiny_corpus(tmp_path, n_train=20, n_valid=5)
+    t = trainer(files, tmp_path / "run", epochs=1)
+    assert t.cfg.amp is None and t.device.type == "cpu" and not t.amp  # unset: off on a CPU
