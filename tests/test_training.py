@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PAIRS, shared_data
-from nmt.cli import main
+from nmt.cli import build_parser, config_from_args, main
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig
 from nmt.training import Trainer
 
@@ -153,8 +153,6 @@ def test_rounding_the_output_rows_changes_no_update(tmp_path):
 
 
 def test_amp_left_unset_follows_the_device_and_no_amp_is_respected(tmp_path):
-    from nmt.cli import build_parser, config_from_args
-
     def amp(*flags):
         args = build_parser().parse_args(["train", *flags])
         return config_from_args(TrainConfig, args).amp
