@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .vocabulary import BOS_ID, EOS_ID
@@ -112,6 +113,8 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     batch, device, K = src.size(0), src.device, beam_size
     limit_all = max_lengths(lengths, max_len_a, max_len_b)
     steps = int(limit_all.max()) + 1
+    if batch == 1 and device.type == "cpu":
+        return _beam_search_one(model, src, lengths, K, n_best, length_penalty, steps - 1)
     shared = getattr(model, "sentence_keys", ())
     state = _select(model.encode(src, lengths), torch.arange(batch, device=device).repeat_interleave(K), shared)
 
@@ -183,6 +186,86 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     steps_done = tokens.size(1)
     return _collect(res_score, tokens.view(batch, n_best, steps_done), res_len,
                     attention.view(batch, n_best, steps_done, -1) if attention is not None else None, lengths)
+
+
+def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: float,
+                     limit: int) -> list[list[Hypothesis]]:
+    """``beam_search`` of one sentence on a CPU (the interactive case): the same hypotheses and
+    scores, but each step's 2K best candidates come to Python in one transfer and are sorted
+    out there. A step of one sentence is mostly the overhead of its small tensor operations,
+    and the batched bookkeeping takes a few dozen of them; here the step takes about ten.
+    ``limit``: the most tokens before </s>."""
+    shared = getattr(model, "sentence_keys", ())
+    state = _select(model.encode(src, lengths), torch.zeros(K, dtype=torch.long), shared)
+    alive = [0.0] + [NEG_INF] * (K - 1)  # the open hypotheses' scores, best first
+    prev = torch.full((K,), BOS_ID, dtype=torch.long)
+    finished: list[tuple[float, int, int]] = []  # the n_best best: score, length, beam extended
+    history = _History()
+    # The open hypotheses' best case is their score / best_len ** length_penalty, with best_len
+    # the limit (+ </s>) under a penalty; without one, the divisor is 1 (as x ** 0 in beam_search).
+    divisor = float(torch.tensor(float(limit + 1)) ** length_penalty) if length_penalty > 0 else 1.0
+    sums = None
+    for t in range(limit + 1):
+        logp, attn, state = model.step(prev, state)  # (K, V), (K, src_len) or None
+        if t >= limit:  # only </s> allowed
+            logp = _force_eos(logp, torch.ones(K, dtype=torch.bool))
+        sums = _candidate_sums(logp.numel()) if sums is None else sums
+        scores, beams, tokens = _best_candidates(logp, torch.tensor(alive), 2 * K, sums)
+        ending = [j for j in range(K) if tokens[j] == EOS_ID]  # among the K best, as in beam_search
+        if ending:
+            normalized = normalize(torch.tensor([scores[j] for j in ending]), t + 1, length_penalty).tolist()
+            finished += [(score, t, beams[j]) for score, j in zip(normalized, ending)]
+            finished = sorted(finished, key=lambda f: -f[0])[:n_best]
+        going = [j for j in range(2 * K) if tokens[j] != EOS_ID][:K]
+        alive = [scores[j] for j in going]
+        prev = torch.tensor([tokens[j] for j in going])
+        back = torch.tensor([beams[j] for j in going])
+        state = _select(state, back, shared)
+        history.add(prev, back, attn)
+        if t == limit or _can_stop(finished, n_best, alive[0], divisor):
+            break
+    finished += [(NEG_INF, 0, 0)] * (n_best - len(finished))
+    score = torch.tensor([[f[0] for f in finished]])
+    length, last = torch.tensor([[f[1] for f in finished]]), torch.tensor([[f[2] for f in finished]])
+    tokens_t, attention = history.backtrack(length.view(-1), last.view(-1))  # (n_best, steps[, src_len])
+    steps = tokens_t.size(1)
+    return _collect(score, tokens_t.view(1, n_best, steps), length,
+                    attention.view(1, n_best, steps, -1) if attention is not None else None, lengths)
+
+
+def _can_stop(finished: list, n_best: int, best_open: float, divisor: float) -> bool:
+    """beam_search's stopping test for one sentence: its n-best-th finished hypothesis beats the
+    best open one's best case, in float32 as there (a float32 quotient computed in float64 and
+    rounded is the same)."""
+    if best_open == NEG_INF:
+        return True
+    return len(finished) == n_best and finished[-1][0] >= float(np.float32(best_open / divisor))
+
+
+def _candidate_sums(n: int) -> torch.Tensor:
+    """A buffer for ``_best_candidates``: n sums, then -inf up to a whole number of blocks."""
+    return torch.full((n + (-n % TOPK_BLOCK if TOPK_BLOCK else 0),), NEG_INF)
+
+
+def _best_candidates(logp: torch.Tensor, offsets: torch.Tensor, k: int, sums: torch.Tensor) -> tuple[list, list, list]:
+    """``beam_topk`` for one sentence, as Python lists: the k best ``offsets[r] + logp[r, v]``
+    over its beams r and tokens v, best first: scores, beams, tokens.
+
+    The sums are written once into ``sums`` (``_candidate_sums``), whose padding stays -inf, and
+    cut into blocks of TOPK_BLOCK; the k best lie in the k blocks with the largest maxima."""
+    vocab, n, block = logp.size(1), logp.numel(), TOPK_BLOCK
+    torch.add(logp, offsets.unsqueeze(1), out=sums[:n].view_as(logp))
+    if not block or n < 4 * k * block:
+        top, index = sums[:n].topk(k)
+        index_l = index.tolist()
+    else:
+        blocks = sums.view(-1, block)  # (n_blocks, block)
+        best = blocks.amax(1).topk(k).indices  # (k,)
+        top, pos = blocks[best].view(-1).topk(k)
+        best_l = best.tolist()
+        # (a padding position can only come with -inf, when fewer than k are possible: any valid one will do)
+        index_l = [min(best_l[p // block] * block + p % block, n - 1) for p in pos.tolist()]
+    return top.tolist(), [i // vocab for i in index_l], [i % vocab for i in index_l]
 
 
 class _History:

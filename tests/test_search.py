@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmt.search import beam_search, beam_topk, greedy_search
+from nmt.search import _best_candidates, _candidate_sums, beam_search, beam_topk, greedy_search
 from nmt.vocabulary import BOS_ID, EOS_ID
 
 W1, W2 = 4, 5  # the toy vocabulary: 4 specials + two words
@@ -210,3 +210,50 @@ def test_beam_search_over_a_wide_vocabulary_matches_plain_topk(monkeypatch):
     for a, b in zip(fast, plain):
         assert [h.tokens for h in a] == [h.tokens for h in b]
         assert [h.score for h in a] == [h.score for h in b]
+
+
+def random_table(gen: torch.Generator, steps: int, vocab: int) -> torch.Tensor:
+    """Step probabilities (steps, vocab, vocab) of a random toy model: no specials but </s>."""
+    probs = torch.softmax(torch.randn(steps, vocab, vocab, generator=gen) * 2, -1)
+    probs[:, :, :3] = 0
+    return probs / probs.sum(-1, keepdim=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6), st.integers(1, 3), st.sampled_from([0.0, 0.6, 1.0]),
+       st.sampled_from([V, 1500]))
+def test_one_sentence_alone_equals_the_batched_search(seed, beam, n_best, alpha, vocab):
+    """A lone sentence on the CPU takes beam search's one-sentence path; in a batch it takes the
+    batched one. Both give the same hypotheses, scores (bit for bit) and attention, with a small
+    vocabulary (one plain top-k) and a wide one (blocks)."""
+    n_best = min(n_best, beam)
+    gen = torch.Generator().manual_seed(seed)
+    model = ToyModel(random_table(gen, 6, vocab))
+    src = torch.tensor([[7, 8, 9], [7, 8, 0], [9, 0, 0]])  # the first is the longest: same attention width
+    lengths = torch.tensor([3, 2, 1])
+    kwargs = dict(beam_size=beam, n_best=n_best, length_penalty=alpha, max_len_a=1, max_len_b=2)
+    [alone] = beam_search(model, src[:1], lengths[:1], **kwargs)
+    together = beam_search(model, src, lengths, **kwargs)[0]
+    assert [h.tokens for h in alone] == [h.tokens for h in together]
+    assert [h.score for h in alone] == [h.score for h in together]
+    assert all(torch.equal(a.attention, b.attention) for a, b in zip(alone, together))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 700), st.integers(1, 12), st.integers(0, 10_000), st.booleans())
+def test_best_candidates_of_one_sentence_are_a_plain_topk(beam, vocab, k, seed, some_impossible):
+    k = min(k, beam * vocab)
+    gen = torch.Generator().manual_seed(seed)
+    logp = torch.randn(beam, vocab, generator=gen)
+    offsets = torch.randn(beam, generator=gen) * 3
+    if some_impossible:
+        logp[logp < 0.5] = float("-inf")
+        offsets[1::2] = float("-inf")
+    scores, beams, tokens = _best_candidates(logp, offsets, k, _candidate_sums(beam * vocab))
+    expected, index = (offsets.unsqueeze(1) + logp).view(-1).topk(k)
+    assert scores == expected.tolist()
+    assert all(0 <= b < beam and 0 <= t < vocab for b, t in zip(beams, tokens))
+    assert [float(offsets[b] + logp[b, t]) for b, t in zip(beams, tokens)] == scores
+    possible = [s > float("-inf") for s in scores]
+    assert [b for b, p in zip(beams, possible) if p] == [int(i) // vocab for i, p in zip(index, possible) if p]
+    assert [t for t, p in zip(tokens, possible) if p] == [int(i) % vocab for i, p in zip(index, possible) if p]
