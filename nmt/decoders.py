@@ -57,7 +57,7 @@ class InputFeedDecoder(nn.Module):
             out, attn = h, None
         out = self.dropout(out)
         new = dict(state)
-        new.update(h=torch.stack(hs, 1), c=torch.stack(cs, 1), feed=out)
+        new.update(h=_by_layer(hs), c=_by_layer(cs), feed=out)
         return out, attn, new
 
     def forward(self, tgt_in: torch.Tensor, state: State):
@@ -71,3 +71,8 @@ class InputFeedDecoder(nn.Module):
             attns.append(attn)
         attn = torch.stack(attns, 1) if self.attention is not None else None
         return torch.stack(outs, 1), attn
+
+
+def _by_layer(states: list[torch.Tensor]) -> torch.Tensor:
+    """(rows, layers, hidden) from each layer's (rows, hidden); a view when there is one layer."""
+    return states[0].unsqueeze(1) if len(states) == 1 else torch.stack(states, 1)

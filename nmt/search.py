@@ -15,7 +15,8 @@ its own decoder state when the beam is reordered.
 Scores are length-normalized: ``sum log p / length ** alpha`` where the length counts the
 end-of-sentence token. A sentence stops when its ``n_best`` finished hypotheses can no
 longer be beaten by any open one under that normalization; sentences that stopped are
-dropped from the batch.
+dropped from the batch. A lone sentence on a CPU (interactive use) takes a path of its own with
+the same results, whose bookkeeping runs on Python numbers (``_beam_search_one``).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: f
     """``beam_search`` of one sentence on a CPU (the interactive case): the same hypotheses and
     scores, but each step's 2K best candidates come to Python in one transfer and are sorted
     out there. A step of one sentence is mostly the overhead of its small tensor operations,
-    and the batched bookkeeping takes a few dozen of them; here the step takes about ten.
+    and the batched bookkeeping takes a few dozen of them; here it takes about fifteen.
     ``limit``: the most tokens before </s>."""
     shared = getattr(model, "sentence_keys", ())
     state = _select(model.encode(src, lengths), torch.zeros(K, dtype=torch.long), shared)
@@ -204,12 +205,13 @@ def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: f
     # The open hypotheses' best case is their score / best_len ** length_penalty, with best_len
     # the limit (+ </s>) under a penalty; without one, the divisor is 1 (as x ** 0 in beam_search).
     divisor = float(torch.tensor(float(limit + 1)) ** length_penalty) if length_penalty > 0 else 1.0
-    sums = None
+    sums = None  # the buffer of each step's candidate scores, made at the first
     for t in range(limit + 1):
         logp, attn, state = model.step(prev, state)  # (K, V), (K, src_len) or None
         if t >= limit:  # only </s> allowed
             logp = _force_eos(logp, torch.ones(K, dtype=torch.bool))
-        sums = _candidate_sums(logp.numel()) if sums is None else sums
+        if sums is None:
+            sums = _candidate_sums(logp.numel())
         scores, beams, tokens = _best_candidates(logp, torch.tensor(alive), 2 * K, sums)
         ending = [j for j in range(K) if tokens[j] == EOS_ID]  # among the K best, as in beam_search
         if ending:

@@ -78,5 +78,6 @@ class TracedSearchModel:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
                 example = tuple(x.clone() for x in example)  # (a trace cannot record inference tensors)
-                traced = torch.jit.trace(_Step(self.model, keys, updated), example, check_trace=False)
+                traced = torch.jit.trace(_Step(self.model, keys, updated).eval(), example, check_trace=False)
+                traced = torch.jit.freeze(traced)  # submodules inlined, weights as constants: less to interpret
             self._keys, self._updated, self._traced = keys, updated, traced
