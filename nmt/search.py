@@ -183,10 +183,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         prev = prev[keep_beams]
         history.keep(keep_beams)
 
-    tokens, attention = history.backtrack(res_len.view(-1), res_beam.view(-1))  # (batch*n_best, steps[, src_len])
-    steps_done = tokens.size(1)
-    return _collect(res_score, tokens.view(batch, n_best, steps_done), res_len,
-                    attention.view(batch, n_best, steps_done, -1) if attention is not None else None, lengths)
+    return _results(history, res_score, res_len, res_beam, lengths)
 
 
 def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: float,
@@ -227,12 +224,18 @@ def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: f
         if t == limit or _can_stop(finished, n_best, alive[0], divisor):
             break
     finished += [(NEG_INF, 0, 0)] * (n_best - len(finished))
-    score = torch.tensor([[f[0] for f in finished]])
-    length, last = torch.tensor([[f[1] for f in finished]]), torch.tensor([[f[2] for f in finished]])
-    tokens_t, attention = history.backtrack(length.view(-1), last.view(-1))  # (n_best, steps[, src_len])
-    steps = tokens_t.size(1)
-    return _collect(score, tokens_t.view(1, n_best, steps), length,
-                    attention.view(1, n_best, steps, -1) if attention is not None else None, lengths)
+    score, length, last = (torch.tensor([column]) for column in zip(*finished))  # (1, n_best) each
+    return _results(history, score, length, last, lengths)
+
+
+def _results(history: "_History", score, length, last, src_lengths) -> list[list[Hypothesis]]:
+    """The hypotheses of every sentence from its n-best finished ones: score, length (the step
+    of their </s>) and the beam that </s> extended, (batch, n_best) each."""
+    batch, n_best = score.shape
+    tokens, attention = history.backtrack(length.view(-1), last.view(-1))  # (batch*n_best, steps[, src_len])
+    steps = tokens.size(1)
+    return _collect(score, tokens.view(batch, n_best, steps), length,
+                    attention.view(batch, n_best, steps, -1) if attention is not None else None, src_lengths)
 
 
 def _can_stop(finished: list, n_best: int, best_open: float, divisor: float) -> bool:
