@@ -43,14 +43,19 @@ class GlobalAttention(nn.Module):
             return self.v(hidden).squeeze(-1)
         return torch.bmm(query, keys.transpose(1, 2))
 
-    def forward(self, query, memory, keys, mask):
+    def forward(self, query, memory, keys, mask, source=None):
         """query (rows, hidden), with rows = k consecutive queries (hypotheses) per sentence;
         memory (batch, src_len, mem); mask (batch, src_len) True = real token.
-        Returns the output (rows, hidden) and the weights (rows, src_len)."""
+        Returns the output (rows, hidden) and the weights (rows, src_len).
+        ``source``: in training on a CPU, dot and general attention's scores and context
+        (``nmt.step_gradients.SourceForSteps``; ``memory`` and ``keys`` are then its own)."""
         batch, src_len = mask.shape
         q = query.view(batch, -1, query.size(-1))  # (batch, k, hidden)
-        scores = self.scores(q, keys).masked_fill(~mask.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)  # (batch, k, src_len)
-        context = torch.bmm(weights, memory)  # (batch, k, mem)
+        if source is not None:
+            context, weights = source(q, mask)
+        else:
+            scores = self.scores(q, keys).masked_fill(~mask.unsqueeze(1), float("-inf"))
+            weights = torch.softmax(scores, dim=-1)  # (batch, k, src_len)
+            context = torch.bmm(weights, memory)  # (batch, k, mem)
         output = torch.tanh(self.linear_out(torch.cat([context, q], dim=-1)))
         return output.view(query.shape), weights.view(-1, src_len)

@@ -8,6 +8,7 @@ from torch import nn
 from .attention import GlobalAttention
 from .dropout import Dropout
 from .embeddings import WordEmbeddings
+from .step_gradients import CellWeights, SourceForSteps
 
 # A decoding state is a dict of batch-first tensors, so that search can reorder every
 # entry with one ``index_select(0, ...)``. Rows are hypotheses (batch * k, k per sentence,
@@ -33,6 +34,7 @@ class InputFeedDecoder(nn.Module):
         self.attention = GlobalAttention(attention, hidden, memory_size) if attention != "none" else None
         self.dropout = Dropout(dropout)
         self.hidden = hidden
+        self.sum_step_gradients = True  # training on a CPU: see nmt.step_gradients (False: plain autograd)
 
     def init_state(self, memory, mask, h, c) -> State:
         """h, c: (batch, layers, hidden) initial LSTM states."""
@@ -40,19 +42,21 @@ class InputFeedDecoder(nn.Module):
         feed = memory.new_zeros(memory.size(0), self.hidden)
         return {"h": h, "c": c, "feed": feed, "memory": memory, "keys": keys, "mask": mask}
 
-    def step(self, emb: torch.Tensor, state: State):
+    def step(self, emb: torch.Tensor, state: State, shared: _SharedBySteps | None = None):
         """One step from embedded input (batch, emb). Returns output (batch, hidden),
-        attention (batch, src_len) or None, and the new state."""
+        attention (batch, src_len) or None, and the new state. ``shared``: training only."""
         x = torch.cat([emb, state["feed"]], dim=-1) if self.input_feed else emb
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
             if i > 0:
                 x = self.dropout(h)  # between layers (the last layer's h goes to attention as is)
-            h, c = cell(x, (state["h"][:, i], state["c"][:, i]))
+            h, c = state["h"][:, i], state["c"][:, i]
+            h, c = cell(x, (h, c)) if shared is None else shared.cells[i](x, h, c)
             hs.append(h)
             cs.append(c)
         if self.attention is not None:
-            out, attn = self.attention(h, state["memory"], state["keys"], state["mask"])
+            source = shared.source if shared is not None else None
+            out, attn = self.attention(h, state["memory"], state["keys"], state["mask"], source)
         else:
             out, attn = h, None
         out = self.dropout(out)
@@ -64,13 +68,28 @@ class InputFeedDecoder(nn.Module):
         """Teacher-forced decoding of (batch, tgt_len): outputs (batch, tgt_len, hidden),
         attention (batch, tgt_len, src_len) or None."""
         emb = self.embeddings(tgt_in)  # (batch, tgt_len, emb)
+        shared = None
+        if self.sum_step_gradients and torch.is_grad_enabled() and emb.device.type == "cpu":
+            shared = _SharedBySteps(self, state)
         outs, attns = [], []
         for emb_t in emb.unbind(1):  # (one backward node; emb[:, t] would make a full-size gradient per step)
-            out, attn, state = self.step(emb_t, state)
+            out, attn, state = self.step(emb_t, state, shared)
             outs.append(out)
             attns.append(attn)
         attn = torch.stack(attns, 1) if self.attention is not None else None
         return torch.stack(outs, 1), attn
+
+
+class _SharedBySteps:
+    """What the steps of one teacher-forced batch share, for ``nmt.step_gradients``: each
+    cell's weights, and the attention's keys and memory (dot and general attention)."""
+
+    def __init__(self, decoder: InputFeedDecoder, state: State):
+        self.cells = [CellWeights(cell) for cell in decoder.cells]
+        attention = decoder.attention
+        self.source = None
+        if attention is not None and attention.kind in ("dot", "general"):
+            self.source = SourceForSteps(state["keys"], state["memory"])
 
 
 def _by_layer(states: list[torch.Tensor]) -> torch.Tensor:
