@@ -93,9 +93,8 @@ class CellWeights:
 
     def __init__(self, cell: nn.LSTMCell):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else cell.weight_ih.dtype
-        with torch.autocast("cpu", enabled=False):
-            weight = torch.cat([cell.weight_ih, cell.weight_hh], 1).to(dtype)  # (4 hidden, in + hidden)
-            bias = (cell.bias_ih + cell.bias_hh).to(dtype)
+        weight = torch.cat([cell.weight_ih, cell.weight_hh], 1).to(dtype)  # (4 hidden, in + hidden)
+        bias = (cell.bias_ih + cell.bias_hh).to(dtype)
         self.factors = _Factors()  # (gradient of the gates, input) per step
         self.weight, self.bias = _Shared.apply(partial(_cell_gradients, self.factors), weight, bias)
 
