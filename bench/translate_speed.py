@@ -11,6 +11,7 @@ With --ref it also prints BLEU. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import statistics
 import sys
@@ -41,29 +42,37 @@ def main() -> None:
     p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
                    help="decoder step as a TorchScript trace (CPU)")
     p.add_argument("--inter-threads", type=int, default=1, help="batches searched at once (CPU)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay each search step as a CUDA graph (GPU)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="times each beam x batch setting is timed (with CUDA graphs, the first pass also captures)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     translator = Translator.load(args.model, device=args.device)
     sources = read_lines(args.src)
     refs = read_lines(args.ref) if args.ref else None
-    translator.translate(sources[:60], beam_size=5, int8=args.int8, trace=args.trace)  # warm-up
+    options = dict(int8=args.int8, trace=args.trace, cuda_graphs=args.cuda_graphs)
+    translator.translate(sources[:60], beam_size=5, **options)  # warm-up
     print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, "
-          f"{'int8' if args.int8 else 'fp32'}, trace {args.trace}, inter_threads {args.inter_threads}, {len(sources)} sentences")
+          f"{'int8' if args.int8 else 'fp32'}, trace {args.trace}, inter_threads {args.inter_threads}, "
+          f"CUDA graphs {args.cuda_graphs and translator.device.type == 'cuda'}, {len(sources)} sentences")
     for beam in args.beam_sizes:
-        for batch in args.batch_sizes:
+        for batch, run in itertools.product(args.batch_sizes, range(args.passes)):
             start = time.perf_counter()
-            results = translator.translate(sources, beam_size=beam, batch_size=batch, int8=args.int8,
-                                           inter_threads=args.inter_threads, trace=args.trace)
+            results = translator.translate(sources, beam_size=beam, batch_size=batch,
+                                           inter_threads=args.inter_threads, **options)
             elapsed = time.perf_counter() - start
             bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
-            print(f"beam {beam:2d} batch {batch:3d}: {elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}")
+            graphs = f", {translator._graphed.captures} graphs captured so far" if translator._graphed else ""
+            print(f"beam {beam:2d} batch {batch:3d}{f' pass {run + 1}' if args.passes > 1 else ''}: "
+                  f"{elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}{graphs}")
         if args.latency_sents < 2:
             continue
         times = []
         for s in sources[: args.latency_sents]:
             start = time.perf_counter()
-            translator.translate([s], beam_size=beam, int8=args.int8, trace=args.trace)
+            translator.translate([s], beam_size=beam, **options)
             times.append((time.perf_counter() - start) * 1000)
         q = statistics.quantiles(times, n=10)
         print(f"beam {beam:2d} one sentence: median {statistics.median(times):.1f} ms, p90 {q[8]:.1f} ms")

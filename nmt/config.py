@@ -118,6 +118,8 @@ class DecodeConfig:
                                "inter_threads); the same translations", default=1)
     trace: bool = _help("run the decoder step as a TorchScript trace on a CPU (less Python overhead); "
                         "the same translations", default=True)
+    cuda_graphs: bool = _help("replay each search step as a CUDA graph on a GPU (one launch a step instead of "
+                              "dozens); the same translations", default=True)
 
     def validate(self) -> None:
         if self.beam_size < 1:

@@ -48,7 +48,7 @@ def normalize(score: torch.Tensor, length, alpha: float) -> torch.Tensor:
     return score / (length ** alpha) if alpha else score
 
 
-def _select(state: dict, rows: torch.Tensor, shared=(), sentences: torch.Tensor | None = None) -> dict:
+def select_rows(state: dict, rows: torch.Tensor, shared=(), sentences: torch.Tensor | None = None) -> dict:
     """Every hypothesis entry's ``rows``; the ``shared`` (per-sentence) entries stay as they
     are, or take their ``sentences`` rows when sentences are dropped."""
     out = {}
@@ -78,7 +78,7 @@ def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 
     for t in range(int(limit.max()) + 1):
         logp, attn, state = model.step(prev, state)
         if t >= shortest:  # only </s> allowed past a sentence's limit
-            logp = _force_eos(logp, t >= limit)
+            logp = force_eos(logp, t >= limit)
         best_logp, prev = logp.max(dim=-1)
         score = torch.where(finished, score, score + best_logp)
         out_len = torch.where(finished, out_len, out_len + 1)
@@ -88,11 +88,12 @@ def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 
         if (t + 1) % check_every == 0 and bool(finished.all()):
             break
     toks = torch.stack(tokens, 1).tolist()  # (batch, steps)
-    attn_all = torch.stack(attns, 1) if attns[0] is not None else None  # (batch, steps, src_len)
+    attn_all = torch.stack(attns, 1).float().cpu() if attns[0] is not None else None  # (batch, steps, src_len)
+    out_len_l, lengths_l = out_len.tolist(), lengths.tolist()
     results = []
     for i in range(batch):
-        n = int(out_len[i]) - 1  # tokens before </s>
-        att = attn_all[i, :n, : int(lengths[i])].float().cpu() if attn_all is not None else None
+        n = out_len_l[i] - 1  # tokens before </s>
+        att = attn_all[i, :n, : lengths_l[i]] if attn_all is not None else None
         results.append([Hypothesis(toks[i][:n], float(normalize(score[i], n + 1, length_penalty)), att)])
     return results
 
@@ -107,7 +108,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
 
     Hypotheses are not copied as they grow: every step records each open beam's token, the
     beam it extends and the attention rows, and a finished hypothesis is only a pointer
-    (its last step, its last beam), followed back once at the end (``_History.backtrack``).
+    (its last step, its last beam), followed back once at the end (``History.backtrack``).
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and the beam size")
@@ -117,14 +118,14 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     if batch == 1 and device.type == "cpu":
         return _beam_search_one(model, src, lengths, K, n_best, length_penalty, steps - 1)
     shared = getattr(model, "sentence_keys", ())
-    state = _select(model.encode(src, lengths), torch.arange(batch, device=device).repeat_interleave(K), shared)
+    state = select_rows(model.encode(src, lengths), torch.arange(batch, device=device).repeat_interleave(K), shared)
 
     # Results of sentences that stopped, by original position: score, length (= the step at
     # which </s> came) and the beam that </s> extended, numbered as at the step before.
     res_score = torch.full((batch, n_best), NEG_INF, device=device)
     res_len = torch.zeros((batch, n_best), dtype=torch.long, device=device)
     res_beam = torch.zeros((batch, n_best), dtype=torch.long, device=device)
-    history = _History()
+    history = History()
 
     # The active sentences.
     active = torch.arange(batch, device=device)
@@ -141,7 +142,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         rows = active.size(0)
         logp, attn, state = model.step(prev, state)  # (rows*K, V), (rows*K, src_len) or None
         if t >= shortest:  # past its limit a sentence may only end
-            logp = _force_eos(logp, (t >= limit).repeat_interleave(K))
+            logp = force_eos(logp, (t >= limit).repeat_interleave(K))
         # (rows, 2K) best first: score, the beam row each candidate extends, its token
         top_score, flat_parent, token = beam_topk(logp, alive_score.view(-1), K, 2 * K)
         is_eos = token == EOS_ID
@@ -159,7 +160,7 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         alive_score, keep = torch.where(is_eos, NEG_INF, top_score).topk(K, dim=-1)  # (rows, K)
         rows_sel = flat_parent.gather(1, keep).view(-1)  # (rows*K,)
         prev = token.gather(1, keep).view(-1)
-        state = _select(state, rows_sel, shared)
+        state = select_rows(state, rows_sel, shared)
         history.add(prev, rows_sel, attn)
 
         if (t + 1) % check_every and t + 1 < steps:
@@ -179,11 +180,11 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         active, limit, alive_score = active[keep_rows], limit[keep_rows], alive_score[keep_rows]
         shortest = int(limit.min())
         fin_score, fin_len, fin_beam = fin_score[keep_rows], fin_len[keep_rows], fin_beam[keep_rows]
-        state = _select(state, keep_beams, shared, sentences=keep_rows)
+        state = select_rows(state, keep_beams, shared, sentences=keep_rows)
         prev = prev[keep_beams]
         history.keep(keep_beams)
 
-    return _results(history, res_score, res_len, res_beam, lengths)
+    return results_from_history(history, res_score, res_len, res_beam, lengths)
 
 
 def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: float,
@@ -194,11 +195,11 @@ def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: f
     and the batched bookkeeping takes a few dozen of them; here it takes about fifteen.
     ``limit``: the most tokens before </s>."""
     shared = getattr(model, "sentence_keys", ())
-    state = _select(model.encode(src, lengths), torch.zeros(K, dtype=torch.long), shared)
+    state = select_rows(model.encode(src, lengths), torch.zeros(K, dtype=torch.long), shared)
     alive = [0.0] + [NEG_INF] * (K - 1)  # the open hypotheses' scores, best first
     prev = torch.full((K,), BOS_ID, dtype=torch.long)
     finished: list[tuple[float, int, int]] = []  # the n_best best: score, length, beam extended
-    history = _History()
+    history = History()
     # The open hypotheses' best case is their score / best_len ** length_penalty, with best_len
     # the limit (+ </s>) under a penalty; without one, the divisor is 1 (as x ** 0 in beam_search).
     divisor = float(torch.tensor(float(limit + 1)) ** length_penalty) if length_penalty > 0 else 1.0
@@ -206,7 +207,7 @@ def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: f
     for t in range(limit + 1):
         logp, attn, state = model.step(prev, state)  # (K, V), (K, src_len) or None
         if t >= limit:  # only </s> allowed
-            logp = _force_eos(logp, torch.ones(K, dtype=torch.bool))
+            logp = force_eos(logp, torch.ones(K, dtype=torch.bool))
         if sums is None:
             sums = _candidate_sums(logp.numel())
         scores, beams, tokens = _best_candidates(logp, torch.tensor(alive), 2 * K, sums)
@@ -219,16 +220,16 @@ def _beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: f
         alive = [scores[j] for j in going]
         prev = torch.tensor([tokens[j] for j in going])
         back = torch.tensor([beams[j] for j in going])
-        state = _select(state, back, shared)
+        state = select_rows(state, back, shared)
         history.add(prev, back, attn)
         if t == limit or _can_stop(finished, n_best, alive[0], divisor):
             break
     finished += [(NEG_INF, 0, 0)] * (n_best - len(finished))
     score, length, last = (torch.tensor([column]) for column in zip(*finished))  # (1, n_best) each
-    return _results(history, score, length, last, lengths)
+    return results_from_history(history, score, length, last, lengths)
 
 
-def _results(history: "_History", score, length, last, src_lengths) -> list[list[Hypothesis]]:
+def results_from_history(history: "History", score, length, last, src_lengths) -> list[list[Hypothesis]]:
     """The hypotheses of every sentence from its n-best finished ones: score, length (the step
     of their </s>) and the beam that </s> extended, (batch, n_best) each."""
     batch, n_best = score.shape
@@ -273,7 +274,7 @@ def _best_candidates(logp: torch.Tensor, offsets: torch.Tensor, k: int, sums: to
     return top.tolist(), [i // vocab for i in index_l], [i % vocab for i in index_l]
 
 
-class _History:
+class History:
     """Per step of beam search: each open beam's token (beams,), the beam of the previous
     step it extends (beams,) and the attention rows of the previous step's beams (or None)."""
 
@@ -364,14 +365,15 @@ def beam_topk(logp: torch.Tensor, offsets: torch.Tensor, beam: int, k: int,
     return top, rows.gather(1, pos), cols.gather(1, pos).clamp(max=vocab - 1)
 
 
-def _force_eos(logp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def force_eos(logp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """logp (n, vocab) with every token but </s> impossible in the rows where ``rows`` (n,) is True."""
     others = torch.arange(logp.size(1), device=logp.device) != EOS_ID
     return logp.masked_fill(rows.unsqueeze(1) & others, NEG_INF)
 
 
 def _collect(score, tok, length, attn, src_lengths) -> list[list[Hypothesis]]:
-    score_l, tok_l, len_l = score.tolist(), tok.tolist(), length.tolist()
+    score_l, tok_l, len_l, src_len_l = score.tolist(), tok.tolist(), length.tolist(), src_lengths.tolist()
+    attn = attn.float().cpu() if attn is not None else None  # (one transfer from a GPU, not one per hypothesis)
     out = []
     for i in range(len(score_l)):
         hyps = []
@@ -379,7 +381,7 @@ def _collect(score, tok, length, attn, src_lengths) -> list[list[Hypothesis]]:
             if s == NEG_INF or math.isnan(s):
                 continue
             n = len_l[i][j]
-            att = attn[i, j, :n, : int(src_lengths[i])].float().cpu() if attn is not None else None
+            att = attn[i, j, :n, : src_len_l[i]] if attn is not None else None
             hyps.append(Hypothesis(tok_l[i][j][:n], s, att))
         out.append(hyps)
     return out

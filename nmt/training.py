@@ -172,6 +172,7 @@ class Trainer:
             check_cpu_bf16()
         # Output rows per batch: a multiple of 64 for oneDNN's bf16 (see output_positions).
         self.row_multiple = 64 if self.amp and self.device.type == "cpu" else 1
+        self._valid_translator: Translator | None = None
         if train.threads:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
@@ -294,12 +295,19 @@ class Trainer:
             total -= float(sequence_loss(logits, batch.tgt_out, 0.0)[1])
             tokens += batch.n_tgt_tokens
         n = self.cfg.valid_bleu_sents or len(self.valid_src_tok)
-        translator = Translator(self._checkpoint(), self.device)
+        translator = self._validation_translator()
         hyps = translator.search_tokens(self.valid_src_tok[:n], DecodeConfig(beam_size=1, batch_size=64))
         texts = [translator.tgt_tok.detokenize(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
         bleu = corpus_scores(texts, self.valid_raw_tgt[:n]).bleu
         self.model.train()
         return {"valid_ppl": perplexity(total, tokens), "valid_bleu": bleu}
+
+    def _validation_translator(self) -> Translator:
+        """Made once for the model (on a GPU it keeps the search's CUDA graphs from one
+        validation to the next: the same shapes, and they read the weights where they lie)."""
+        if self._valid_translator is None or self._valid_translator.model is not self.model:
+            self._valid_translator = Translator(self._checkpoint(), self.device)
+        return self._valid_translator
 
     # ---- checkpoints -------------------------------------------------------------------
     def _checkpoint(self) -> Checkpoint:

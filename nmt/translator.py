@@ -17,6 +17,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import DecodeConfig, from_dict
 from .data import pad
 from .errors import NMTError
+from .graph_search import GraphedBeamSearch
 from .model import Seq2Seq
 from .quantization import quantize_int8
 from .search import Hypothesis, beam_search, greedy_search
@@ -62,6 +63,7 @@ class Translator:
         self.tgt_tok = get_tokenizer(checkpoint.tgt_lang)
         self.defaults = from_dict(DecodeConfig, checkpoint.extra.get("decode", {}))
         self._search_models: dict[tuple[bool, bool], object] = {}
+        self._graphed: GraphedBeamSearch | None = None  # made at the first search with CUDA graphs
         self._lock = threading.Lock()
 
     def search_model(self, int8: bool, trace: bool = False):
@@ -78,6 +80,12 @@ class Translator:
             if trace and (int8, True) not in self._search_models:
                 self._search_models[int8, True] = TracedSearchModel(self._search_models[int8, False])
             return self._search_models[int8, trace]
+
+    def _graphed_search(self) -> GraphedBeamSearch:
+        with self._lock:
+            if self._graphed is None:
+                self._graphed = GraphedBeamSearch(self.model)
+            return self._graphed
 
     @classmethod
     def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
@@ -102,11 +110,12 @@ class Translator:
                   replace_unk: bool | None = None, lexicon: dict[str, str] | str | Path | None = None,
                   length_penalty: float | None = None, max_len_a: float | None = None,
                   max_len_b: int | None = None, batch_size: int | None = None, int8: bool | None = None,
-                  inter_threads: int | None = None, trace: bool | None = None) -> list[Translation]:
+                  inter_threads: int | None = None, trace: bool | None = None,
+                  cuda_graphs: bool | None = None) -> list[Translation]:
         """Translate raw sentences; unset options take the checkpoint's defaults."""
         cfg = self.settings(beam_size=beam_size, n_best=n_best, replace_unk=replace_unk, length_penalty=length_penalty,
                             max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, int8=int8,
-                            inter_threads=inter_threads, trace=trace)
+                            inter_threads=inter_threads, trace=trace, cuda_graphs=cuda_graphs)
         if isinstance(lexicon, (str, Path)):
             lexicon = load_lexicon(lexicon) if str(lexicon) else None
         if lexicon is None and cfg.lexicon:
@@ -147,6 +156,9 @@ class Translator:
 
     def _search(self, model, src, lengths, cfg: DecodeConfig) -> list[list[Hypothesis]]:
         check_every = 1 if self.device.type == "cpu" else 4  # on a GPU each check is a host-device sync
+        if self.device.type == "cuda" and cfg.cuda_graphs:  # (greedy is beam search with beam 1)
+            return self._graphed_search()(src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
+                                          cfg.max_len_a, cfg.max_len_b, check_every=check_every)
         if cfg.beam_size == 1:
             return greedy_search(model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, check_every)
         return beam_search(model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,

@@ -15,6 +15,7 @@ import torch
 
 from conftest import PAIRS
 from nmt.data import pad
+from nmt.graph_search import GraphedBeamSearch
 from nmt.search import beam_search
 from nmt.translator import Translator
 from test_training import tiny_corpus, trainer
@@ -91,3 +92,73 @@ def test_no_amp_trains_in_full_precision_on_the_gpu(tmp_path):
     t.cfg.amp = False
     t = type(t)(t.data_cfg, t.vocab_cfg, t.model_cfg, t.cfg)
     assert t.device.type == "cuda" and not t.amp
+
+
+def assert_same_translations(a, b):
+    assert [t.text for t in a] == [t.text for t in b]
+    assert [[c.text for c in t.n_best] for t in a] == [[c.text for c in t.n_best] for t in b]
+    assert [t.score for t in a] == pytest.approx([t.score for t in b], abs=1e-5)
+    for x, y in zip(a, b):
+        assert (x.attention is None) == (y.attention is None)
+        if x.attention is not None:
+            assert torch.allclose(torch.as_tensor(x.attention), torch.as_tensor(y.attention), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["none", "general", "concat"])
+def test_cuda_graph_search_equals_the_eager_search(tiny_translators, kind):
+    gpu = on_gpu(tiny_translators[kind])
+    for beam, n_best, alpha in ((1, 1, 0.0), (5, 3, 0.0), (4, 2, 1.0)):
+        kwargs = dict(beam_size=beam, n_best=n_best, length_penalty=alpha, replace_unk=False)
+        graphed = gpu.translate(SOURCES, cuda_graphs=True, **kwargs)
+        assert_same_translations(gpu.translate(SOURCES, cuda_graphs=False, **kwargs), graphed)
+    assert gpu._graphed is not None and gpu._graphed.captures >= 3
+
+
+def test_cuda_graphs_are_captured_once_per_shape(tiny_translator):
+    gpu = on_gpu(tiny_translator)
+    first = gpu.translate(SOURCES[:4])
+    graphed = gpu._graphed
+    captures = graphed.captures
+    assert captures == 1
+    assert_same_translations(first, gpu.translate(SOURCES[:4]))  # replayed from the start
+    assert graphed.captures == captures
+    other = gpu.translate(SOURCES[4:9])  # another shape, another graph
+    assert graphed.captures == captures + 1
+    assert_same_translations(other, on_gpu(tiny_translator).translate(SOURCES[4:9], cuda_graphs=False))
+    assert_same_translations(first, gpu.translate(SOURCES[:4]))
+
+
+def test_the_graph_cache_keeps_the_most_recent(tiny_translator):
+    gpu = on_gpu(tiny_translator)
+    search = GraphedBeamSearch(gpu.model, cache_size=2)
+    for n in (2, 3, 4, 3):
+        src, lengths = gpu_batch(gpu, SOURCES[:n])
+        search(src, lengths)
+    assert search.captures == 3 and len(search._graphs) == 2
+    assert [key[0][0] for key in search._graphs] == [4, 3]  # sentences of each kept shape
+
+
+def gpu_batch(gpu: Translator, sentences):
+    ids = [gpu.checkpoint.src_vocab.encode(gpu.src_tok.tokenize(s)) for s in sentences]
+    return pad(ids).cuda(), torch.tensor([len(x) for x in ids], device="cuda")
+
+
+def test_graph_replays_never_wait_for_the_gpu(tiny_translator):
+    gpu = on_gpu(tiny_translator)
+    search = GraphedBeamSearch(gpu.model)
+    src, lengths = gpu_batch(gpu, SOURCES[:8])
+    search(src, lengths, beam_size=5)
+    [(beams, graph)] = search._graphs.values()
+    syncs = []
+    with torch.inference_mode(), warnings.catch_warnings():
+        beams.load(gpu.model.encode(src, lengths), lengths)
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: syncs.append(str(message))
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(beams.steps):
+                graph.replay()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert bool(beams.stopped.all())
+    assert not [s for s in syncs if "synchroniz" in s]
