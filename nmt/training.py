@@ -94,21 +94,48 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
     return _SmoothedCrossEntropy.apply(logits, target[mask], smoothing)
 
 
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The total norm of the gradients. On a CPU the squared norms are BLAS dot products, which
+    read a large gradient about twice as fast as ``torch.linalg.vector_norm`` (132 against 254 µs
+    for 2 M floats; 1.7 % of a training step of the reference model)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and grads[0].device.type == "cpu":
+        return torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads]).sum().sqrt()
+    return torch.nn.utils.get_total_norm(grads)
+
+
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Rescale the gradients to a total norm of at most ``max_norm``; returns the norm before.
     On a CPU the rescaling pass is skipped when the norm is already within bounds (reading the
-    norm costs nothing there; on a GPU it would be a host-device sync, so it always rescales),
-    and the squared norms are BLAS dot products, which read a large gradient about twice as fast
-    as ``torch.linalg.vector_norm`` (132 against 254 µs for 2 M floats; 1.7 % of a training
-    step of the reference model)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads and grads[0].device.type == "cpu":
-        total = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads]).sum().sqrt()
-    else:
-        total = torch.nn.utils.get_total_norm(grads)
+    norm costs nothing there; on a GPU it would be a host-device sync, so it always rescales)."""
+    total = grad_norm(params)
     if total.device.type != "cpu" or not float(total) <= max_norm:  # (also NaN / inf)
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
+
+
+def step_with_clipping(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
+    """``optimizer.step()`` on the gradients rescaled to a total norm of at most ``max_norm``
+    (no clipping if it is 0). On a CPU, an optimizer whose step can divide the gradients by a
+    scale (fused Adam: ``grad_scale``, which AMP's GradScaler sets for its loss scale) takes the
+    rescaling inside its step, which saves a pass over the gradients (+1.6 % training steps)."""
+    if max_norm <= 0:
+        optimizer.step()
+        return
+    params = [p for p in params if p.grad is not None]
+    if not params or params[0].device.type != "cpu" or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        clip_grad_norm(params, max_norm)
+        optimizer.step()
+        return
+    total = grad_norm(params)
+    if float(total) <= max_norm:
+        optimizer.step()
+        return
+    optimizer.grad_scale, optimizer.found_inf = total / max_norm, torch.zeros(())  # (also NaN / inf, as above)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
 
 
 def output_positions(mask: torch.Tensor, multiple: int = 1) -> torch.Tensor:
@@ -285,9 +312,7 @@ class Trainer:
         loss, nll = sequence_loss(logits, batch.tgt_out.flatten()[positions], self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss / batch.src.size(0)).backward()
-        if self.cfg.max_grad_norm > 0:
-            clip_grad_norm(list(self.model.parameters()), self.cfg.max_grad_norm)
-        self.optimizer.step()
+        step_with_clipping(self.optimizer, list(self.model.parameters()), self.cfg.max_grad_norm)
         return loss.detach(), nll.detach()
 
     @torch.inference_mode()

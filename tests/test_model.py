@@ -10,7 +10,7 @@ from nmt.config import ModelConfig
 from nmt.dropout import Dropout
 from nmt.encoders import reverse_index
 from nmt.model import Seq2Seq
-from nmt.training import clip_grad_norm, output_positions, sequence_loss
+from nmt.training import clip_grad_norm, make_optimizer, output_positions, sequence_loss, step_with_clipping
 
 
 def test_reference_architecture_has_opennmt_parameter_count():
@@ -166,3 +166,24 @@ def test_gradient_clipping_matches_pytorch(scale):
     assert clip_grad_norm(params, 5.0).item() == pytest.approx(expected.item())
     for p, q in zip(params, ref_params):
         assert torch.allclose(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 100.0])
+@pytest.mark.parametrize("optim", ["adam", "sgd"])
+def test_clipping_inside_the_optimizer_step_equals_clipping_then_stepping(scale, optim):
+    """Fused Adam takes the clipping as its gradient scale; other optimizers clip first."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 7)) for _ in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = make_optimizer(optim, ours, 0.01)
+    ref_opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optim](ref, lr=0.01)
+    for _ in range(3):
+        for p, q in zip(ours, ref):
+            p.grad = torch.randn_like(p) * scale
+            q.grad = p.grad.clone()
+        step_with_clipping(opt, ours, 5.0)
+        torch.nn.utils.clip_grad_norm_(ref, 5.0)
+        ref_opt.step()
+        for p, q in zip(ours, ref):
+            assert torch.allclose(p, q, atol=1e-6)
+    assert not hasattr(opt, "grad_scale")
