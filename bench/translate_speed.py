@@ -77,6 +77,9 @@ def main() -> None:
         q = statistics.quantiles(times, n=10)
         print(f"beam {beam:2d} one sentence: median {statistics.median(times):.1f} ms, p90 {q[8]:.1f} ms")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if translator.device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB allocated, "
+              f"{torch.cuda.max_memory_reserved() / 2**20:.0f} MB reserved")
 
 
 if __name__ == "__main__":

@@ -163,9 +163,12 @@ class GraphedBeamSearch:
 
     A graph is captured for every new shape (sentences, source length) and setting, the first
     time it is searched (a few milliseconds), and kept for the next searches of that shape;
-    ``cache_size`` bounds how many are kept (the least recently used go first). The model's
-    weights are read where they lie: change them in place only. Thread-safe (one search at a
-    time)."""
+    ``cache_size`` bounds how many are kept (the least recently used go first). The graphs
+    share one memory pool for their temporaries: a step's temporaries are dead once its replay
+    ends, and replays never overlap (one search at a time, each ends by reading its results), so
+    a graph may reuse another's memory, and the cache needs the memory of its largest graph
+    rather than of all together. The model's weights are read where they lie: change them in
+    place only. Thread-safe."""
 
     def __init__(self, model, cache_size: int = 32):
         if getattr(model, "training", False):
@@ -174,6 +177,7 @@ class GraphedBeamSearch:
         self._graphs: OrderedDict[tuple, tuple[_Beams, torch.cuda.CUDAGraph]] = OrderedDict()
         self._lock = threading.Lock()
         self.captures = 0  # graphs captured so far
+        self._pool = None  # the graphs' shared memory pool, made at the first capture
 
     @torch.inference_mode()
     def __call__(self, src, lengths, beam_size: int = 5, n_best: int = 1, length_penalty: float = 0.0,
@@ -208,7 +212,12 @@ class GraphedBeamSearch:
         torch.cuda.current_stream().wait_stream(side)
         beams.load(state, lengths)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._memory_pool()):
             beams.step()
         self.captures += 1
         return graph
+
+    def _memory_pool(self):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
