@@ -40,7 +40,7 @@ class _Beams:
         self.expand = torch.arange(batch, device=device).repeat_interleave(K)  # each sentence's row, K times
         self.state = {k: v.clone() for k, v in select_rows(state, self.expand, self.shared).items()}
         capacity = int(max_lengths(torch.tensor([src_len]), max_len_a, max_len_b)) + 1  # the most steps
-        # The length normalisation of a hypothesis ending at step t, t + 1 ** alpha (as in
+        # The length normalisation of a hypothesis ending at step t, (t + 1) ** alpha (as in
         # ``normalize``: the Python float rounded to float32, divided by in float32).
         self.divisors = torch.tensor([(t + 1) ** length_penalty for t in range(capacity)], device=device)
         self.t = torch.zeros(1, dtype=torch.long, device=device)  # the step
