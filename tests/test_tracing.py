@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import PAIRS, tiny_config
+from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.model import Seq2Seq
 from nmt.search import beam_search, greedy_search
 from nmt.tracing import TracedSearchModel
+from nmt.translator import Translator
 
 SOURCES = [s for s, _ in PAIRS]
 
@@ -73,3 +77,21 @@ def test_gpu_translators_search_with_the_eager_model(tiny_translator):
         assert tr.search_model(False, trace=True) is tr.model
     finally:
         tr.device = device
+
+
+def test_a_translator_follows_its_weights_changed_in_place(tiny_translator):
+    """Training validates every epoch with one translator (Trainer._validation_translator), whose
+    frozen trace must read the weights as the optimizer leaves them, not as they were traced."""
+    translator = Translator(copy.deepcopy(tiny_translator.checkpoint), "cpu")
+    tokens = [translator.src_tok.tokenize(s) for s, _ in PAIRS[:4]]
+    settings = DecodeConfig(beam_size=1, batch_size=64)
+    before = translator.search_tokens(tokens, settings)
+    assert (False, True) in translator._search_models  # the traced step was made and is kept
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in translator.model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    after = translator.search_tokens(tokens, settings)
+    fresh = Translator(translator.checkpoint, "cpu").search_tokens(tokens, settings)
+    assert [h[0].tokens for h in after] == [h[0].tokens for h in fresh] != [h[0].tokens for h in before]
+    assert [h[0].score for h in after] == [h[0].score for h in fresh]
