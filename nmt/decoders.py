@@ -8,7 +8,7 @@ from torch import nn
 from .attention import GlobalAttention
 from .dropout import Dropout
 from .embeddings import WordEmbeddings
-from .step_gradients import CellWeights, SourceForSteps
+from .step_gradients import CellWeights, FusedStep, OutputWeights, SourceForSteps
 
 # A decoding state is a dict of batch-first tensors, so that search can reorder every
 # entry with one ``index_select(0, ...)``. Rows are hypotheses (batch * k, k per sentence,
@@ -45,6 +45,12 @@ class InputFeedDecoder(nn.Module):
     def step(self, emb: torch.Tensor, state: State, shared: _SharedBySteps | None = None):
         """One step from embedded input (batch, emb). Returns output (batch, hidden),
         attention (batch, src_len) or None, and the new state. ``shared``: training only."""
+        if shared is not None and shared.fused is not None:
+            drop = self.dropout.scale(state["feed"].shape, shared.fused.output.weight.dtype, emb.device)
+            out, h, c, attn = shared.fused(emb, state["feed"], state["h"][:, 0], state["c"][:, 0], drop)
+            new = dict(state)
+            new.update(h=h.unsqueeze(1), c=c.unsqueeze(1), feed=out)
+            return out, attn, new
         x = torch.cat([emb, state["feed"]], dim=-1) if self.input_feed else emb
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
@@ -90,6 +96,9 @@ class _SharedBySteps:
         self.source = None
         if attention is not None and attention.kind in ("dot", "general"):
             self.source = SourceForSteps(state["keys"], state["memory"])
+        self.fused = None  # one layer with input feeding: the whole step as one node
+        if self.source is not None and len(self.cells) == 1 and decoder.input_feed:
+            self.fused = FusedStep(self.cells[0], self.source, OutputWeights(attention.linear_out), state["mask"])
 
 
 def _by_layer(states: list[torch.Tensor]) -> torch.Tensor:

@@ -21,10 +21,15 @@ class Dropout(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(x.shape, x.dtype, x.device)
+        return x if scale is None else x * scale
+
+    def scale(self, shape, dtype: torch.dtype, device=None) -> torch.Tensor | None:
+        """The factors the next ``forward`` of that shape would multiply by: 0 or 1/(1-p), or
+        None when it would change nothing (evaluation, p = 0)."""
         if not self.training or self.p == 0:
-            return x
-        scale = (torch.rand(x.shape, device=x.device) >= self.p) * (1.0 / (1.0 - self.p))  # float32 mask
-        return x * scale.to(x.dtype)
+            return None
+        return ((torch.rand(shape, device=device) >= self.p) * (1.0 / (1.0 - self.p))).to(dtype)  # float32 mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

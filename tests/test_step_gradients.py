@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nmt.decoders as decoders
+import nmt.step_gradients as sg
 from nmt.config import ModelConfig
 from nmt.model import Seq2Seq
 
@@ -106,3 +108,35 @@ def test_nothing_of_a_batch_outlives_its_step(monkeypatch):
         assert len(made) == 3 and all(ref() is None for ref in made)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("attention", ["general", "dot"])
+def test_one_layer_decoders_with_input_feeding_take_the_fused_step(attention, monkeypatch):
+    """Their whole step is one autograd node (nmt.step_gradients.FusedStep); the grid above
+    checks its outputs and gradients against autograd's."""
+    calls = []
+    apply = sg._FusedStep.apply
+    monkeypatch.setattr(sg._FusedStep, "apply", lambda *args: calls.append(1) or apply(*args))
+    _run(_model(attention, 1, True, True), summed=True)
+    assert len(calls) == TGT_IN.size(1)
+    calls.clear()
+    _run(_model(attention, 2, True, True), summed=True)  # two layers: the step's own modules
+    assert not calls
+
+
+def test_the_fused_step_under_bf16_autocast_is_as_close_to_full_precision_as_the_unfused(monkeypatch):
+    model = _model("general", 1, True, True, dropout=0.0)
+    _, _, ref = _run(model, summed=False)
+    logits, _, fused = _run(model, summed=True, amp=True)
+    init = decoders._SharedBySteps.__init__
+
+    def unfused(self, decoder, state):
+        init(self, decoder, state)
+        self.fused = None
+
+    monkeypatch.setattr(decoders._SharedBySteps, "__init__", unfused)
+    unfused_logits, _, plain = _run(model, summed=True, amp=True)
+    assert torch.equal(logits, unfused_logits)  # the same forward computation
+    for name, grad in fused.items():
+        deviation, unfused_deviation = ((g - ref[name]).norm() / ref[name].norm() for g in (grad, plain[name]))
+        assert deviation <= 1.2 * unfused_deviation + 1e-3, name
