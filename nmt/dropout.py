@@ -29,7 +29,7 @@ class Dropout(nn.Module):
         None when it would change nothing (evaluation, p = 0)."""
         if not self.training or self.p == 0:
             return None
-        return ((torch.rand(shape, device=device) >= self.p) * (1.0 / (1.0 - self.p))).to(dtype)  # float32 mask
+        return ((torch.rand(shape, device=device) >= self.p) * (1.0 / (1.0 - self.p))).to(dtype)  # (drawn in float32)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
