@@ -93,12 +93,17 @@ class _StepLinear(torch.autograd.Function):
         return grad.mm(weight), None, None, None
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype products run in: the autocast dtype under autocast, else the weights' own."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else dtype
+
+
 class CellWeights:
     """An ``nn.LSTMCell``'s weights for one teacher-forced batch: its two products as one (the
     input and the previous h concatenated), with the weights cast to the autocast dtype once."""
 
     def __init__(self, cell: nn.LSTMCell):
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else cell.weight_ih.dtype
+        dtype = _compute_dtype(cell.weight_ih.dtype)
         weight = torch.cat([cell.weight_ih, cell.weight_hh], 1).to(dtype)  # (4 hidden, in + hidden)
         bias = (cell.bias_ih + cell.bias_hh).to(dtype)
         self.factors = _Factors()  # (gradient of the gates, input) per step
@@ -140,14 +145,21 @@ class _StepAttention(torch.autograd.Function):
         q, keys, memory, weights = ctx.saved_tensors
         if grad_context is None:
             grad_context = memory.new_zeros(q.size(0), q.size(1), memory.size(2))
-        grad_w = torch.bmm(grad_context, memory.transpose(1, 2))  # (batch, k, src_len)
-        if grad_weights is not None:
-            grad_w = grad_w + grad_weights
-        grad_scores = weights * (grad_w - (grad_w * weights).sum(-1, keepdim=True))  # softmax's backward
-        keys_factors, memory_factors = ctx.factors
-        keys_factors.add(grad_scores, q)
-        memory_factors.add(weights, grad_context)
-        return torch.bmm(grad_scores, keys), None, None, None, None
+        return _attention_backward(grad_context, grad_weights, q, keys, memory, weights, ctx.factors), None, None, None, None
+
+
+def _attention_backward(grad_context, grad_weights, q, keys, memory, weights, factors) -> torch.Tensor:
+    """The gradient of the queries q (batch, k, hidden) given those of the context (batch, k, mem)
+    and of the weights (batch, k, src_len, or None); the keys' and memory's shares go to their
+    ``factors`` as (score gradients, queries) and (weights, context gradients)."""
+    grad_w = torch.bmm(grad_context, memory.transpose(1, 2))  # (batch, k, src_len)
+    if grad_weights is not None:
+        grad_w = grad_w + grad_weights
+    grad_scores = weights * (grad_w - (grad_w * weights).sum(-1, keepdim=True))  # softmax's backward
+    keys_factors, memory_factors = factors
+    keys_factors.add(grad_scores, q)
+    memory_factors.add(weights, grad_context)
+    return torch.bmm(grad_scores, keys)
 
 
 class SourceForSteps:
@@ -171,9 +183,9 @@ class OutputWeights:
     weight cast to the compute dtype once, its gradient summed from the steps' factors."""
 
     def __init__(self, linear: nn.Linear):
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else linear.weight.dtype
         self.factors = _Factors()  # (gradient of the output, input) per step
-        (self.weight,) = _Shared.apply(partial(_output_gradient, self.factors), linear.weight.to(dtype))
+        weight = linear.weight.to(_compute_dtype(linear.weight.dtype))
+        (self.weight,) = _Shared.apply(partial(_output_gradient, self.factors), weight)
 
 
 def _output_gradient(factors: _Factors) -> tuple[torch.Tensor]:
@@ -237,13 +249,9 @@ class _FusedStep(torch.autograd.Function):
         out_factors.add(d_a, z)
         d_z = d_a.mm(out_weight).float()  # (batch, mem + hidden)
         d_ctx = d_z[:, :mem].unsqueeze(1)  # (batch, 1, mem)
-        d_wts = torch.bmm(d_ctx, memory.transpose(1, 2))  # (batch, 1, src_len)
-        if d_w is not None:
-            d_wts = d_wts + d_w.unsqueeze(1)
-        d_scores = w * (d_wts - (d_wts * w).sum(-1, keepdim=True))  # softmax's backward
-        keys_factors.add(d_scores, q)
-        memory_factors.add(w, d_ctx)
-        d_h_new = d_z[:, mem:] + torch.bmm(d_scores, keys).squeeze(1)
+        d_w = d_w.unsqueeze(1) if d_w is not None else None
+        d_q = _attention_backward(d_ctx, d_w, q, keys, memory, w, (keys_factors, memory_factors))
+        d_h_new = d_z[:, mem:] + d_q.squeeze(1)
         if d_h is not None:
             d_h_new = d_h_new + d_h
         d_c_new = d_h_new * o * (1 - tc.square())
