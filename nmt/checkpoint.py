@@ -7,24 +7,33 @@ at any moment leaves either the old or the new checkpoint, never a mixture.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import FORMAT_VERSION, ModelConfig, from_dict, to_dict
+from .config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
 from .errors import CheckpointError
 from .hub import PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
 from .model import Seq2Seq
+from .safe_io import KIB, MIB, checkpoint_file, decode_lines, read_capped
 from .vocabulary import Vocabulary
 
+logger = logging.getLogger(__name__)
 CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB, METRICS = REQUIRED_FILES + ("metrics.jsonl",)
+MAX_PARAMETERS = 500_000_000  # 2 GB as fp32; the app sets a lower limit (NMT_MAX_PARAMETERS)
+MAX_CONFIG_BYTES, MAX_VOCAB_BYTES, MAX_METRICS_BYTES = 256 * KIB, 64 * MIB, 4 * MIB
+MAX_HEADER_BYTES = 1 * MIB  # a safetensors header of this model family is a few KB
+FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 
 @dataclass
@@ -38,6 +47,7 @@ class Checkpoint:
     tgt_lang: str
     extra: dict = field(default_factory=dict)  # other config.json entries (training/decoding settings)
     path: Path | None = None
+    lexicon: Path | None = None  # the checkpoint's own 'source ||| target' file (decode.lexicon), inside path
 
 
 def state_dict_for_saving(model: Seq2Seq, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -49,19 +59,39 @@ def state_dict_for_saving(model: Seq2Seq, dtype: torch.dtype | None = None) -> d
 
 
 def write_model_files(folder: Path, ckpt: Checkpoint, dtype: torch.dtype | None = None, metrics: Path | None = None) -> None:
-    config = {"format_version": FORMAT_VERSION, "src_lang": ckpt.src_lang, "tgt_lang": ckpt.tgt_lang,
-              **ckpt.extra, "model": to_dict(ckpt.model.cfg)}
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    """The checkpoint files; config.json records the weights' SHA-256 (``checkpoint.weights_sha256``)."""
     save_file(state_dict_for_saving(ckpt.model, dtype), str(folder / WEIGHTS), metadata={"format": "pt"})
+    previous = ckpt.extra.get("checkpoint")
+    record = {**(previous if isinstance(previous, dict) else {}), "weights_sha256": file_sha256(folder / WEIGHTS)}
+    config = {"format_version": FORMAT_VERSION, "src_lang": ckpt.src_lang, "tgt_lang": ckpt.tgt_lang,
+              **ckpt.extra, "checkpoint": record, "model": to_dict(ckpt.model.cfg)}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     ckpt.src_vocab.save(folder / SRC_VOCAB)
     ckpt.tgt_vocab.save(folder / TGT_VOCAB)
     if metrics is not None and metrics.exists():
         shutil.copyfile(metrics, folder / METRICS)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def atomic_dir(final: Path):
-    """Context manager: yields a temporary folder that replaces ``final`` on success."""
+    """Context manager: yields a temporary folder that replaces ``final`` on success. A failure to
+    write (disk full, read-only folder) is a CheckpointError; ``final`` is then left as it was."""
     return _AtomicDir(Path(final))
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary folders (``.NAME.tmp-*``) that a killed write left in ``folder``."""
+    leftovers = sorted(p for p in Path(folder).glob(".*.tmp-*") if p.is_dir())
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+    return leftovers
 
 
 class _AtomicDir:
@@ -69,14 +99,32 @@ class _AtomicDir:
         self.final = final
 
     def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        except OSError as exc:
+            raise self._error(exc) from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if issubclass(exc_type, (OSError, SafetensorError)):
+                raise self._error(exc) from None
             return False
+        try:
+            self._commit()
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise self._error(exc) from None
+        return False
+
+    def _error(self, exc: BaseException) -> CheckpointError:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return CheckpointError(f"cannot write the checkpoint {self.final} ({reason}); free some space or choose "
+                               "a writable folder (--save-dir). The previous checkpoint there, if any, is kept.")
+
+    def _commit(self) -> None:
         for f in self.tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -86,7 +134,6 @@ class _AtomicDir:
             os.rename(self.final, old)  # a crash here leaves `.NAME.old`, which resolve_dir finds
         os.rename(self.tmp, self.final)
         shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def resolve_dir(final: Path) -> Path:
@@ -110,10 +157,15 @@ def read_config(folder: Path) -> dict:
         pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
         hint = f" (it holds {', '.join(pickles)}: pickled checkpoints are never loaded)" if pickles else ""
         raise CheckpointError(f"{folder} is not an nmt checkpoint: missing {', '.join(missing)}{hint}")
+    data = read_capped(checkpoint_file(folder, CONFIG), MAX_CONFIG_BYTES, "config")
     try:
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG}: unreadable ({exc})") from None
+        config = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # (the message names a position, never the content)
+        if isinstance(exc, json.JSONDecodeError):
+            reason = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+        else:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not UTF-8"
+        raise CheckpointError(f"{folder / CONFIG}: unreadable, not valid JSON ({reason})") from None
     version = config.get("format_version") if isinstance(config, dict) else None
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{folder / CONFIG}: format version {version!r} is not supported "
@@ -121,37 +173,120 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint folder (weights are cast to fp32)."""
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
+                    max_parameters: int = MAX_PARAMETERS) -> Checkpoint:
+    """Load a checkpoint folder (weights are cast to fp32).
+
+    The folder is untrusted: its config and the safetensors header are checked against each other
+    (names, shapes, dtypes) and against ``max_parameters`` before any weight is allocated, and no file
+    outside the folder is read (see :mod:`nmt.safe_io`)."""
     folder = Path(folder)
     config = read_config(folder)
     try:
-        cfg = from_dict(ModelConfig, config["model"])
-        model = Seq2Seq(cfg)
-        weights = load_file(str(folder / WEIGHTS))
-    except (KeyError, TypeError, ValueError, SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{folder}: cannot build the model ({exc})") from None
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-    result = model.load_state_dict(weights, strict=False)
-    allowed_missing = {"generator.weight"} if cfg.tie_embeddings else set()
-    if set(result.missing_keys) - allowed_missing or result.unexpected_keys:
-        raise CheckpointError(f"{folder / WEIGHTS}: weights do not match the config "
-                              f"(missing {result.missing_keys}, unexpected {result.unexpected_keys})")
-    src_vocab, tgt_vocab = Vocabulary.load(folder / SRC_VOCAB), Vocabulary.load(folder / TGT_VOCAB)
+        cfg = from_dict(ModelConfig, config.get("model"), "model")
+        cfg.validate()
+        decode = from_dict(DecodeConfig, config.get("decode", {}), "decode")
+        decode.validate()
+        with torch.device("meta"):  # names and shapes of the weights, allocating nothing
+            expected = Seq2Seq(cfg).state_dict()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
+    lexicon = checkpoint_file(folder, decode.lexicon, "lexicon (decode.lexicon)") if decode.lexicon else None
+    optional = {"generator.weight"} if cfg.tie_embeddings else set()
+    check_weights(folder / WEIGHTS, expected, optional, max_parameters)
+    try:
+        weights = load_file(str(checkpoint_file(folder, WEIGHTS)))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{folder / WEIGHTS}: unreadable ({exc})") from None
+    model = Seq2Seq(cfg)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, strict=False)
+    src_vocab, tgt_vocab = read_vocabulary(folder, SRC_VOCAB), read_vocabulary(folder, TGT_VOCAB)
     if len(src_vocab) != cfg.src_vocab or len(tgt_vocab) != cfg.tgt_vocab:
         raise CheckpointError(f"{folder}: vocabulary files do not match the model's sizes")
     extra = {k: v for k, v in config.items() if k not in ("format_version", "src_lang", "tgt_lang", "model")}
     model.to(device).eval()
-    return Checkpoint(model, src_vocab, tgt_vocab, config.get("src_lang", "de"), config.get("tgt_lang", "en"), extra, folder)
+    return Checkpoint(model, src_vocab, tgt_vocab, _lang(config, "src_lang", "de", folder),
+                      _lang(config, "tgt_lang", "en", folder), extra, folder, lexicon)
+
+
+def check_weights(path: Path, expected: dict[str, torch.Tensor], optional: set[str], max_parameters: int) -> None:
+    """The safetensors header at ``path`` must hold exactly the ``expected`` names (those in
+    ``optional`` may be absent) with their shapes, in a float dtype, and the model must have at
+    most ``max_parameters``. Reads only the header."""
+    n_params = sum(t.numel() for name, t in expected.items() if name not in optional)
+    if n_params > max_parameters:
+        raise CheckpointError(f"{path.parent}: the model has {n_params:,} parameters, over this program's limit "
+                              f"of {max_parameters:,}")
+    checkpoint_file(path.parent, path.name)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header = fh.read(8)
+    if len(header) < 8 or struct.unpack("<Q", header)[0] > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: not a safetensors file of this program (its header is missing or over "
+                              f"{MAX_HEADER_BYTES // MIB} MiB)")
+    if size > MAX_HEADER_BYTES + 8 + 4 * n_params:
+        raise CheckpointError(f"{path}: {size:,} bytes is more than {n_params:,} parameters need")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    missing = sorted(set(expected) - set(found) - optional)
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the weights do not match config.json (missing {_few(missing)}, "
+                              f"unexpected {_few(unexpected)})")
+    for name, (shape, dtype) in found.items():
+        if shape != tuple(expected[name].shape):
+            raise CheckpointError(f"{path}: {name} has shape {list(shape)}, but config.json makes it "
+                                  f"{list(expected[name].shape)}")
+        if dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: {name} is {dtype}; weights must be F32, F16 or BF16")
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") if names else "none"
+
+
+def _lang(config: dict, key: str, default: str, folder: Path) -> str:
+    value = config.get(key, default)
+    if not isinstance(value, str) or not value.isascii() or not value.isalpha() or len(value) > 8:
+        raise CheckpointError(f"{folder / CONFIG}: {key!r} must be a language code such as 'de'")
+    return value
+
+
+def read_vocabulary(folder: Path, name: str) -> Vocabulary:
+    path = checkpoint_file(folder, name)
+    lines = decode_lines(read_capped(path, MAX_VOCAB_BYTES, "vocabulary"), str(path), CheckpointError)
+    try:
+        return Vocabulary(lines)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def checkpoint_epoch(folder: Path) -> int | None:
+    """The training epoch a checkpoint records (``checkpoint.epoch``) if its weights are the ones it
+    recorded (``checkpoint.weights_sha256``); None for a missing, unreadable or inconsistent one."""
+    try:
+        record = read_config(Path(folder)).get("checkpoint") or {}
+        epoch, digest = record.get("epoch"), record.get("weights_sha256")
+        consistent = isinstance(digest, str) and file_sha256(Path(folder) / WEIGHTS) == digest
+    except (CheckpointError, OSError, AttributeError):
+        return None
+    return epoch if consistent and isinstance(epoch, int) else None
 
 
 def read_metrics(folder: str | Path | None) -> list[dict]:
     """The per-epoch records of ``folder/metrics.jsonl`` (unreadable lines are skipped), by epoch."""
-    path = Path(folder) / "metrics.jsonl" if folder is not None else None
-    if path is None or not path.is_file():
+    if folder is None or not (Path(folder) / METRICS).is_file():
+        return []
+    try:
+        data = read_capped(checkpoint_file(Path(folder), METRICS), MAX_METRICS_BYTES, "training log")
+    except CheckpointError as exc:
+        logger.warning("%s", exc)
         return []
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").split("\n"):
         try:
             record = json.loads(line)
         except ValueError:

@@ -8,12 +8,20 @@ see :mod:`nmt.cli`), and the model/vocabulary configs are stored in the checkpoi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
 ATTENTION_KINDS = ("none", "dot", "general", "concat")
 OPTIMIZERS = ("sgd", "adagrad", "adadelta", "adam")
+# Upper bounds that keep a config (which may come from an untrusted checkpoint) from asking for
+# absurd allocations; the total size of a loaded model has its own limit (nmt.checkpoint).
+MAX_LAYERS, MAX_WIDTH, MAX_VOCAB = 16, 8192, 2_000_000
+MAX_BEAM_SIZE = 100  # beam 1000 took 585 MB for two sentences; seq2seq-attn's default is 5
+MAX_LEN_A, MAX_LEN_B = 10.0, 1000  # output length = a * source length + b
+MAX_LENGTH_PENALTY = 10.0
+MAX_DECODE_BATCH, MAX_INTER_THREADS = 10_000, 64
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -73,8 +81,14 @@ class ModelConfig:
             raise ValueError("--tie-embeddings needs --emb-size equal to --hidden")
         if self.layers < 1 or self.hidden < 1 or self.emb_size < 1:
             raise ValueError("--layers, --hidden and --emb-size must be positive")
+        if self.layers > MAX_LAYERS or self.hidden > MAX_WIDTH or self.emb_size > MAX_WIDTH:
+            raise ValueError(f"--layers must be at most {MAX_LAYERS}, --hidden and --emb-size at most {MAX_WIDTH}")
+        if not 0 <= self.src_vocab <= MAX_VOCAB or not 0 <= self.tgt_vocab <= MAX_VOCAB:
+            raise ValueError(f"vocabulary sizes must be between 0 and {MAX_VOCAB:,}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("--dropout must be in [0, 1)")
+        if not 0.0 <= self.param_init < math.inf:
+            raise ValueError("--param-init must be a finite number, at least 0")
 
 
 @dataclass
@@ -122,21 +136,53 @@ class DecodeConfig:
                               "dozens); the same translations", default=True)
 
     def validate(self) -> None:
-        if self.beam_size < 1:
-            raise ValueError("beam size must be at least 1")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ValueError(f"the beam size must be between 1 and {MAX_BEAM_SIZE} (got {self.beam_size})")
         if not 1 <= self.n_best <= self.beam_size:
             raise ValueError(f"n_best must be between 1 and the beam size ({self.beam_size})")
-        if self.batch_size < 1:
-            raise ValueError("batch size must be at least 1")
-        if self.inter_threads < 1:
-            raise ValueError("inter_threads must be at least 1")
+        if not 0.0 <= self.max_len_a <= MAX_LEN_A:  # (also NaN)
+            raise ValueError(f"--max-len-a must be between 0 and {MAX_LEN_A:g} (got {self.max_len_a})")
+        if not 0 <= self.max_len_b <= MAX_LEN_B or (self.max_len_b == 0 and self.max_len_a == 0):
+            raise ValueError(f"--max-len-b must be between 0 and {MAX_LEN_B}, and outputs must be allowed "
+                             f"at least one word (got a={self.max_len_a}, b={self.max_len_b})")
+        if not 0.0 <= self.length_penalty <= MAX_LENGTH_PENALTY:
+            raise ValueError(f"--length-penalty must be between 0 and {MAX_LENGTH_PENALTY:g} (got {self.length_penalty})")
+        if not 1 <= self.batch_size <= MAX_DECODE_BATCH:
+            raise ValueError(f"the batch size must be between 1 and {MAX_DECODE_BATCH:,}")
+        if not 1 <= self.inter_threads <= MAX_INTER_THREADS:
+            raise ValueError(f"inter_threads must be between 1 and {MAX_INTER_THREADS}")
 
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict) -> Any:
-    """Build ``cls`` from a dict, ignoring unknown keys (forward compatible)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+def from_dict(cls: type, data: Any, section: str = "") -> Any:
+    """Build ``cls`` from a dict (a config.json section), ignoring unknown keys (forward compatible).
+
+    Every known value must have its field's type (an int where a float is expected is fine), so a
+    malformed or hostile config is refused with a ValueError that names the entry."""
+    where = section or cls.__name__
+    if not isinstance(data, dict):
+        raise ValueError(f"{where!r} must be a JSON object, not {type(data).__name__}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            values[f.name] = _checked(data[f.name], f.default, f"{where}.{f.name}")
+    return cls(**values)
+
+
+def _checked(value: Any, default: Any, where: str) -> Any:
+    """``value`` if it has the type of ``default`` (a float field takes an int; None fields take a bool)."""
+    if default is None or isinstance(default, bool):
+        ok, kind = isinstance(value, bool) or (default is None and value is None), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        value = float(value) if ok else value
+    else:
+        ok, kind = isinstance(value, str), "a string"
+    if not ok:
+        raise ValueError(f"{where!r} must be {kind}, not {type(value).__name__}")
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,18 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import MAX_PARAMETERS, Checkpoint, load_checkpoint
 from .config import DecodeConfig, from_dict
 from .data import pad
-from .errors import NMTError
+from .errors import CheckpointError, NMTError
 from .graph_search import GraphedBeamSearch
 from .model import Seq2Seq
 from .quantization import quantize_int8
 from .search import Hypothesis, beam_search, greedy_search
 from .tokenization import get_tokenizer
-from .tracing import TracedSearchModel
+from .tracing import TracedSearchModel, take_trace_slot
 from .unk import Replacement, load_lexicon, replace_unk
 from .vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +64,11 @@ class Translator:
         self.model = checkpoint.model.to(self.device).eval()
         self.src_tok = get_tokenizer(checkpoint.src_lang)
         self.tgt_tok = get_tokenizer(checkpoint.tgt_lang)
-        self.defaults = from_dict(DecodeConfig, checkpoint.extra.get("decode", {}))
+        # The checkpoint's decoding defaults; its own lexicon (a file inside its folder) is
+        # ``checkpoint.lexicon``, read at the first UNK replacement that needs it.
+        self.defaults = dataclasses.replace(from_dict(DecodeConfig, checkpoint.extra.get("decode", {}), "decode"),
+                                            lexicon="")
+        self._lexicon: dict[str, str] | None = None
         self._search_models: dict[tuple[bool, bool], object] = {}
         self._graphed: GraphedBeamSearch | None = None  # made at the first search with CUDA graphs
         self._lock = threading.Lock()
@@ -78,7 +85,13 @@ class Translator:
             if (int8, False) not in self._search_models:
                 self._search_models[int8, False] = quantize_int8(self.model) if int8 else self.model
             if trace and (int8, True) not in self._search_models:
-                self._search_models[int8, True] = TracedSearchModel(self._search_models[int8, False])
+                plain = self._search_models[int8, False]
+                if take_trace_slot():
+                    self._search_models[int8, True] = TracedSearchModel(plain)
+                else:  # (said at every load past the limit: it is a server's warning sign)
+                    logger.warning("this process has made the most traces it may (NMT_MAX_TRACES; TorchScript "
+                                   "never frees one): searching with the eager step")
+                    self._search_models[int8, True] = plain
             return self._search_models[int8, trace]
 
     def _graphed_search(self) -> GraphedBeamSearch:
@@ -89,12 +102,13 @@ class Translator:
 
     @classmethod
     def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
-             token: str | None = None) -> "Translator":
-        """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``)."""
+             token: str | None = None, max_parameters: int = MAX_PARAMETERS) -> "Translator":
+        """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``).
+        Models with more than ``max_parameters`` are refused before their weights are read."""
         from .hub import resolve_checkpoint
 
         folder = resolve_checkpoint(str(name_or_path), revision=revision, token=token)
-        return cls(load_checkpoint(folder), device)
+        return cls(load_checkpoint(folder, max_parameters=max_parameters), device)
 
     @property
     def has_attention(self) -> bool:
@@ -116,15 +130,26 @@ class Translator:
         cfg = self.settings(beam_size=beam_size, n_best=n_best, replace_unk=replace_unk, length_penalty=length_penalty,
                             max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, int8=int8,
                             inter_threads=inter_threads, trace=trace, cuda_graphs=cuda_graphs)
-        if isinstance(lexicon, (str, Path)):
-            lexicon = load_lexicon(lexicon) if str(lexicon) else None
-        if lexicon is None and cfg.lexicon:
-            lexicon = load_lexicon(cfg.lexicon)
         if cfg.replace_unk and not self.has_attention:
             raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
+        lexicon = self.lexicon_for(lexicon) if cfg.replace_unk else None
         src_tokens = [self.src_tok.tokenize(s) for s in sentences]
         hyps = self.search_tokens(src_tokens, cfg)
         return [self._result(s, toks, h, cfg, lexicon) for s, toks, h in zip(sentences, src_tokens, hyps)]
+
+    def lexicon_for(self, lexicon: dict[str, str] | str | Path | None) -> dict[str, str] | None:
+        """The lexicon UNK replacement uses: the one given (a dict, or the path of a file of the
+        caller's), else the checkpoint's own (``decode.lexicon``), else none."""
+        if isinstance(lexicon, dict):
+            return lexicon
+        if lexicon is not None and str(lexicon):
+            return load_lexicon(lexicon)
+        if self.checkpoint.lexicon is None:
+            return None
+        with self._lock:
+            if self._lexicon is None:  # untrusted like the rest of the checkpoint: its lines are never echoed
+                self._lexicon = load_lexicon(self.checkpoint.lexicon, echo=False, error=CheckpointError)
+            return self._lexicon
 
     def search_tokens(self, src_tokens: list[list[str]], cfg: DecodeConfig) -> list[list[Hypothesis]]:
         """Search every tokenized sentence, in batches of similar length; order is kept.
@@ -222,4 +247,6 @@ def sequence_log_probs(model, src: list[list[int]], tgt: list[list[int]], device
 
 
 def perplexity(total_log_prob: float, n_tokens: int) -> float:
-    return math.exp(-total_log_prob / max(1, n_tokens))
+    """exp of the mean negative log-likelihood; inf (not an OverflowError) for a diverged model."""
+    mean = -total_log_prob / max(1, n_tokens)
+    return math.exp(mean) if mean < 709.0 else math.inf  # (exp overflows a float beyond ~709.78)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import DataError, NMTError
+from .safe_io import MIB, decode_lines, read_capped
 from .vocabulary import UNK
+
+MAX_LEXICON_BYTES = 64 * MIB
 
 
 @dataclass
@@ -19,23 +22,24 @@ class Replacement:
     word: str  # what replaced <unk>
 
 
-def load_lexicon(path: str | Path) -> dict[str, str]:
-    """Read ``source ||| target`` lines (seq2seq-attn's srctarg_dict); the first entry of a word wins."""
+def load_lexicon(path: str | Path, echo: bool = True, error: type[NMTError] = DataError) -> dict[str, str]:
+    """Read ``source ||| target`` lines (seq2seq-attn's srctarg_dict); the first entry of a word wins.
+
+    At most ``MAX_LEXICON_BYTES`` are read. A malformed line is an ``error`` naming it; with ``echo``
+    the message quotes it, which a file from an untrusted checkpoint must never have."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the lexicon ({exc})") from None
+    lines = decode_lines(read_capped(path, MAX_LEXICON_BYTES, "lexicon", error), str(path), error)
     lexicon: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split("|||")]
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise DataError(f"{path}, line {number}: expected 'source ||| target', got {line[:80]!r}")
+            got = f", got {line[:80]!r}" if echo else ""
+            raise error(f"{path}, line {number}: expected 'source ||| target'{got}")
         lexicon.setdefault(parts[0], parts[1])
     if not lexicon:
-        raise DataError(f"{path}: the lexicon has no entries")
+        raise error(f"{path}: the lexicon has no entries")
     return lexicon
 
 

@@ -46,4 +46,5 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
-        return cls(Path(path).read_text(encoding="utf-8").splitlines())
+        # (only "\n" ends a line: splitlines() would also cut at U+2028 and shift the indices)
+        return cls(Path(path).read_text(encoding="utf-8").removesuffix("\n").split("\n"))

@@ -1,0 +1,113 @@
+"""Careful file I/O: files an untrusted checkpoint provides, lines of text, outputs written atomically.
+
+A checkpoint (a local folder or a Hub download) is untrusted, like a safetensors file: loading one
+reads only regular files *inside its own folder*, each size-checked before it is read, and a parse
+error never echoes what such a file holds. A Hub snapshot's files are symbolic links into the
+repo's ``blobs/`` folder of the download cache; those links are the only ones allowed to leave.
+
+Only ``\\n`` (with an optional ``\\r`` before it) ends a line here: ``str.splitlines`` also splits on
+U+2028, form feeds, NEL, vertical tabs and lone carriage returns, which would shift the lines of a
+vocabulary, a lexicon or a translated file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import IO, Iterator
+
+from .errors import CheckpointError, DataError
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+def checkpoint_file(folder: Path, name: str, what: str = "file") -> Path:
+    """``folder/name``, where ``name`` (from a checkpoint's config, say) must be a plain relative path
+    that stays inside ``folder``, also after following symbolic links. Does not check that it exists."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        raise CheckpointError(f"{folder}: the {what} {name!r} is not a file name inside the checkpoint folder")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or any(p in ("..", ".") for p in parts) or name.startswith("~"):
+        raise CheckpointError(f"{folder}: the {what} {name!r} names a file outside the checkpoint folder; "
+                              "a checkpoint may only refer to files inside its own folder")
+    path = folder / name
+    if path.exists() and not _inside(path.resolve(), _allowed_roots(folder)):
+        raise CheckpointError(f"{folder}: the {what} {name!r} links to a file outside the checkpoint folder")
+    return path
+
+
+def _allowed_roots(folder: Path) -> list[Path]:
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # a Hub cache snapshot: .../models--u--n/snapshots/<commit>/
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def read_capped(path: Path, limit: int, what: str = "file", error: type = CheckpointError) -> bytes:
+    """The bytes of the regular file ``path``, refused (before reading) if larger than ``limit``."""
+    try:
+        if not path.is_file():  # a device (/dev/zero), a FIFO or a folder is never read
+            raise error(f"{path}: the {what} is missing or not a regular file")
+        size = path.stat().st_size
+        if size > limit:
+            raise error(f"{path}: the {what} is {size / MIB:.1f} MiB, over the limit of {limit / MIB:.1f} MiB")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:  # (it grew while we read it)
+        raise error(f"{path}: the {what} is over the limit of {limit / MIB:.1f} MiB")
+    return data
+
+
+def decode_lines(data: bytes, where: str, error: type = DataError) -> list[str]:
+    """UTF-8 ``data`` cut into lines at ``\\n`` (a ``\\r`` before it dropped); a last line without
+    ``\\n`` counts. Invalid UTF-8 is an error naming ``where`` and the line."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            out.append(raw.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as exc:
+            raise error(f"{where}, line {number}: not valid UTF-8 ({exc.reason})") from None
+    return out
+
+
+@contextmanager
+def atomic_output(path: str | Path, what: str = "output file") -> Iterator[IO[str]]:
+    """A text file that appears at ``path`` only once it is completely written (a temporary sibling,
+    renamed into place); on any error the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: the {what} is a folder; give a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
