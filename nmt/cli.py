@@ -7,6 +7,7 @@ booleans get ``--flag/--no-flag``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -68,11 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_source(path: str) -> list[str]:
+    """The lines of ``path``, or of standard input for ``-``: only ``\n`` ends a line, as in files."""
     from .data import read_lines
+    from .errors import DataError
+    from .safe_io import decode_lines
 
-    if path == "-":
-        return sys.stdin.read().splitlines()
-    return read_lines(path)
+    if path != "-":
+        return read_lines(path)
+    lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
+    if not lines:
+        raise DataError("<stdin>: no input (give one sentence per line)")
+    return lines
 
 
 def cmd_train(args) -> None:
@@ -83,39 +90,66 @@ def cmd_train(args) -> None:
     print(f"best checkpoint: {best}")
 
 
-def _open_out(path: str):
-    return sys.stdout if path in ("", "-") else open(path, "w", encoding="utf-8")
+@contextlib.contextmanager
+def _output(path: str, what: str = "output file"):
+    """Standard output for '' or '-', else a file written atomically (never left half-written)."""
+    from .safe_io import atomic_output
+
+    if path in ("", "-"):
+        yield sys.stdout
+        return
+    with atomic_output(path, what) as fh:
+        yield fh
+
+
+def _check_outputs(*paths: str) -> None:
+    """Refuse unusable output paths before any work is done."""
+    from .errors import DataError
+
+    for path in paths:
+        if path and path != "-" and (Path(path).is_dir() or not Path(path).parent.is_dir()):
+            problem = "is a folder" if Path(path).is_dir() else "is in a folder that does not exist"
+            raise DataError(f"{path}: the output {problem}; give a file name")
 
 
 def cmd_translate(args) -> None:
     from .translator import Translator, perplexity
 
-    translator = Translator.load(args.model, device=args.device)
+    _check_outputs(args.output, args.attention_out)
     cfg = config_from_args(DecodeConfig, args)
+    cfg.validate()
+    translator = Translator.load(args.model, device=args.device)
     sources = read_source(args.src)
-    results = translator.translate(sources, **{k: v for k, v in dataclasses.asdict(cfg).items()})
-    out = _open_out(args.output)
-    for i, r in enumerate(results):
-        if cfg.n_best > 1:
-            for c in r.n_best:
-                out.write(f"{i} ||| {c.text} ||| {c.score:.4f}\n")
-        else:
-            out.write(r.text + "\n")
-    if out is not sys.stdout:
-        out.close()
+    references = _read_references(args.score_gold, len(sources)) if args.score_gold else None
+    results = translator.translate(sources, **dataclasses.asdict(cfg))
+    with _output(args.output) as out:
+        for i, r in enumerate(results):
+            if cfg.n_best > 1:
+                for c in r.n_best:
+                    out.write(f"{i} ||| {c.text} ||| {c.score:.4f}\n")
+            else:
+                out.write(r.text + "\n")
     if args.attention_out:
-        with open(args.attention_out, "w", encoding="utf-8") as f:
+        with _output(args.attention_out, "attention file") as f:
             for r in results:
                 att = r.attention.tolist() if r.attention is not None else None
                 f.write(json.dumps({"src": r.src_tokens, "tgt": r.tokens, "score": r.score, "attention": att}, ensure_ascii=False) + "\n")
-    if args.score_gold:
-        from .data import read_lines
-
-        scores = translator.score(sources, read_lines(args.score_gold))
+    if references is not None:
+        scores = translator.score(sources, references)
         for i, (lp, _) in enumerate(scores):
             print(f"SENT {i}: GOLD SCORE {lp:.4f}", file=sys.stderr)
         total, n = sum(s for s, _ in scores), sum(k for _, k in scores)
         print(f"GOLD: log-likelihood {total:.2f} over {n} tokens, perplexity {perplexity(total, n):.2f}", file=sys.stderr)
+
+
+def _read_references(path: str, n: int) -> list[str]:
+    from .data import read_lines
+    from .errors import DataError
+
+    references = read_lines(path)
+    if len(references) != n:
+        raise DataError(f"{path} has {len(references)} lines but the source has {n}")
+    return references
 
 
 def cmd_evaluate(args) -> None:
@@ -123,13 +157,16 @@ def cmd_evaluate(args) -> None:
     from .evaluation import corpus_scores
     from .translator import Translator, perplexity
 
+    _check_outputs(args.output)
+    cfg = config_from_args(DecodeConfig, args)
+    cfg.validate()
     translator = Translator.load(args.model, device=args.device)
     sources, refs = read_parallel(args.src, args.ref)
-    cfg = config_from_args(DecodeConfig, args)
     results = translator.translate(sources, **dataclasses.asdict(cfg))
     hyps = [r.text for r in results]
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        with _output(args.output) as out:
+            out.write("".join(h + "\n" for h in hyps))
     scores = translator.score(sources, refs)
     total, n = sum(s for s, _ in scores), sum(k for _, k in scores)
     print(corpus_scores(hyps, refs))
@@ -152,5 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except (NMTError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # (a file the command names could not be read or written)
+        print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
