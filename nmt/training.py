@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, atomic_dir, load_checkpoint, resolve_dir, write_model_files
+from .checkpoint import (Checkpoint, atomic_dir, checkpoint_epoch, load_checkpoint, remove_leftovers, resolve_dir,
+                         write_model_files)
 from .config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
 from .data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError, NMTError
 from .evaluation import corpus_scores
 from .model import Seq2Seq
 from .translator import Translator, perplexity
@@ -31,6 +32,11 @@ from .vocabulary import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE, RNG_FILE, STATE_FILE = "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
+DIVERGENCE_CHECK_EVERY = 50  # batches between looks at the running loss
+
+
+class TrainingDiverged(NMTError):
+    """The loss stopped being finite, or validation is worse than a uniform guess."""
 
 
 def pick_training_device(name: str) -> torch.device:
@@ -206,6 +212,7 @@ class Trainer:
         # Output rows per batch: a multiple of 64 for oneDNN's bf16 (see output_positions).
         self.row_multiple = 64 if self.amp and self.device.type == "cpu" else 1
         self._valid_translator: Translator | None = None
+        self._epoch = 0  # the epoch whose weights the model holds (recorded in each checkpoint)
         if train.threads:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
@@ -228,6 +235,9 @@ class Trainer:
         self.valid_src_tok = tokenize_all(self.valid_raw_src, d.src_lang)
         valid_tgt_tok = tokenize_all(self.valid_raw_tgt, d.tgt_lang)
         keep = [i for i, (s, t) in enumerate(zip(self.valid_src_tok, valid_tgt_tok)) if s and t]
+        if not keep:
+            raise DataError(f"{d.valid_src} / {d.valid_tgt}: no validation pair has words on both sides "
+                            "(the files hold only blank lines)")
         self.valid_data = ParallelDataset([src_vocab.encode(self.valid_src_tok[i]) for i in keep],
                                           [tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
         log.info("%d training pairs, %d validation pairs; vocabularies: %d source, %d target words",
@@ -269,7 +279,25 @@ class Trainer:
         py = saved["python_rng"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         log.info("resuming %s after epoch %d (lr %g)", run_dir, state.epoch, state.lr)
+        self._epoch = state.epoch
         return state
+
+    def _repair_best(self, state: TrainerState) -> None:
+        """Make ``best/`` hold the best epoch. A run killed while writing ``best/`` (which follows
+        ``last/``) leaves the previous best there; ``last/`` then holds the best epoch's weights."""
+        if not state.best_epoch:
+            return
+        best = resolve_dir(self.save_dir / "best")
+        if checkpoint_epoch(best) == state.best_epoch:
+            return
+        if state.best_epoch != state.epoch:
+            log.warning("%s does not hold epoch %d, the best, and it cannot be rebuilt", best, state.best_epoch)
+            return
+        log.warning("%s did not hold epoch %d, the best (a write was interrupted): rewriting it from last/",
+                    best, state.best_epoch)
+        metrics = self._write_metrics(state.history, self.save_dir)
+        with atomic_dir(self.save_dir / "best") as tmp:
+            write_model_files(tmp, self._checkpoint(), metrics=metrics)
 
     # ---- one epoch ---------------------------------------------------------------------
     def _autocast(self):
@@ -288,19 +316,21 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, mininterval=1.0,
                    disable=None if os.environ.get("NMT_PROGRESS", "1") == "1" else True)
         shown = start
-        for batch in bar:
+        for number, batch in enumerate(bar, start=1):
             n_src += int(batch.src_lengths.sum())  # counted on the CPU copy of the batch
             n_tgt += batch.n_tgt_tokens
             loss, nll = self.train_step(batch.to(self.device))
             total_loss, total_nll = total_loss + loss, total_nll + nll
+            if number % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(total_loss):  # (a sync: only now and then)
+                raise self._diverged(epoch, f"the training loss became {float(total_loss)} at batch {number}")
             now = time.perf_counter()
             if not bar.disable and now - shown >= 1.0:
                 shown = now
-                bar.set_postfix(loss=f"{float(total_loss) / n_tgt:.3f}", ppl=f"{math.exp(float(total_nll) / n_tgt):.1f}",
+                bar.set_postfix(loss=f"{float(total_loss) / n_tgt:.3f}", ppl=f"{perplexity(-float(total_nll), n_tgt):.1f}",
                                 tok_s=f"{(n_src + n_tgt) / (now - start):.0f}", refresh=False)
         total_loss, total_nll = float(total_loss), float(total_nll)
         elapsed = time.perf_counter() - start
-        return {"train_loss": total_loss / n_tgt, "train_ppl": math.exp(total_nll / n_tgt),
+        return {"train_loss": total_loss / n_tgt, "train_ppl": perplexity(-total_nll, n_tgt),
                 "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,9 +370,26 @@ class Trainer:
             self._valid_translator = Translator(self._checkpoint(), self.device)
         return self._valid_translator
 
+    def _check_divergence(self, epoch: int, record: dict) -> None:
+        """Stop, before anything of this epoch is saved, if training has diverged: a loss that is
+        not finite, or a validation perplexity above the target vocabulary's size (worse than
+        guessing every word uniformly)."""
+        if not math.isfinite(record["train_loss"]):
+            raise self._diverged(epoch, f"the training loss is {record['train_loss']}")
+        if not record["valid_ppl"] <= len(self.tgt_vocab):
+            raise self._diverged(epoch, f"the validation perplexity is {record['valid_ppl']:.3g}, worse than a uniform "
+                                        f"guess over the {len(self.tgt_vocab):,} target words")
+
+    def _diverged(self, epoch: int, what: str) -> TrainingDiverged:
+        kept = f"{self.save_dir}/last and best hold epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
+        return TrainingDiverged(f"training diverged in epoch {epoch}: {what}. Nothing of this epoch was saved "
+                                f"({kept}). Train again with a lower --learning-rate "
+                                f"(this run: {self.cfg.learning_rate:g}) or a smaller --max-grad-norm.")
+
     # ---- checkpoints -------------------------------------------------------------------
     def _checkpoint(self) -> Checkpoint:
-        extra = {"data": to_dict(self.data_cfg), "vocab": to_dict(self.vocab_cfg), "train": to_dict(self.cfg)}
+        extra = {"data": to_dict(self.data_cfg), "vocab": to_dict(self.vocab_cfg), "train": to_dict(self.cfg),
+                 "checkpoint": {"epoch": self._epoch}}
         return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra)
 
     def _save_last(self, state: TrainerState) -> None:
@@ -363,8 +410,12 @@ class Trainer:
         """``folder/metrics.jsonl`` with one line per epoch, replaced atomically."""
         path = folder / "metrics.jsonl"
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose a "
+                                  "writable --save-dir") from None
         return path
 
     def _decay(self, state: TrainerState, epoch: int, valid_ppl: float) -> None:
@@ -381,16 +432,23 @@ class Trainer:
     def run(self) -> Path:
         state = self._setup()
         log.info("model: %d parameters on %s%s", self.model.num_parameters(), self.device, " (bf16 autocast)" if self.amp else "")
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot create the save dir {self.save_dir} ({exc.strerror or exc})") from None
+        for leftover in remove_leftovers(self.save_dir):
+            log.info("removed %s, left by an interrupted checkpoint write", leftover)
+        self._repair_best(state)
         for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
             lr = state.lr
             record = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.validate()}
+            self._check_divergence(epoch, record)
             self._decay(state, epoch, record["valid_ppl"])
             score = record["valid_bleu"] if self.cfg.select_by == "bleu" else -record["valid_ppl"]
             improved = state.best_score is None or score > state.best_score
             if improved:
                 state.best_score, state.best_epoch = score, epoch
-            state.epoch = epoch
+            state.epoch = self._epoch = epoch
             state.history.append(record)
             self._save_last(state)
             metrics = self._write_metrics(state.history, self.save_dir)
