@@ -44,6 +44,7 @@ CONCURRENCY = 4  # requests translating at once; the others wait in the queue
 INT8 = os.environ.get("NMT_INT8", "1") != "0"
 QUEUE_SIZE = 200
 MODELS = catalog.discover()
+DEFAULT_DIRECTION = next(iter(catalog.directions(MODELS)), "")
 TITLE = "Attentional LSTM translation: look inside"
 
 # Control characters mean nothing to the model (newlines and tabs are kept as spacing); bidi
@@ -111,7 +112,7 @@ def _bundled(direction: str | None, attention: str | None) -> catalog.BundledMod
         raise CheckpointError(f"No bundled model is available yet ({_shown(catalog.checkpoints_dir())} is empty: "
                               "the models are still being trained). Enter a Hugging Face Hub repo id to use a "
                               "published one.")
-    model = catalog.find(MODELS, direction or "", attention or "")
+    model = catalog.find(MODELS, direction or DEFAULT_DIRECTION, attention or "general")
     if model is None:
         available = ", ".join(m.name for m in MODELS)
         raise CheckpointError(f"No bundled model for direction {direction!r} with attention {attention!r} "
@@ -121,9 +122,8 @@ def _bundled(direction: str | None, attention: str | None) -> catalog.BundledMod
 
 def describe(translator: Translator, name: str, source: str) -> tuple[Translator, dict]:
     ckpt = translator.checkpoint
-    bleu = (ckpt.extra.get("scores") or {}).get("bleu")
     return translator, {"name": name, "source": source, "attention": ckpt.model.cfg.attention,
-                        "src_lang": ckpt.src_lang, "tgt_lang": ckpt.tgt_lang, "bleu": bleu}
+                        "src_lang": ckpt.src_lang, "tgt_lang": ckpt.tgt_lang, "bleu": catalog.test_bleu(translator)}
 
 
 def _shown(path: Path) -> str:
@@ -207,13 +207,14 @@ def status_html(message: str, notes: list[str], error: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------- endpoints
-def translate(text: str, direction: str, attention: str, hub_id: str, beam_size: float, n_best: float,
-              replace_unk: bool, lexicon: str | None) -> tuple[str, dict]:
+def translate(text: str, direction: str | None = None, attention: str = "general", hub_id: str = "",
+              beam_size: float = 5, n_best: float = 3, replace_unk: bool = True,
+              lexicon: str | None = None) -> tuple[str, dict]:
     """Translate one or more sentences (a paragraph is split into sentences).
 
     Args:
         text: the source text (at most 2,000 characters and 20 sentences).
-        direction: bundled language direction, e.g. "de-en" (ignored when hub_id is given).
+        direction: bundled language direction, e.g. "de-en" (ignored when hub_id is given; default: the first).
         attention: attention type of the bundled model: "none", "dot", "general" or "concat".
         hub_id: optional Hugging Face Hub checkpoint "user/name" or "user/name@revision"; "" for bundled.
         beam_size: beam size, 1 (greedy) to 10.
@@ -249,7 +250,8 @@ def translate(text: str, direction: str, attention: str, hub_id: str, beam_size:
                                          "settings": settings, "seconds": seconds, "sentences": rows}
 
 
-def compare(text: str, direction: str, beam_size: float, replace_unk: bool, lexicon: str | None) -> tuple[str, dict]:
+def compare(text: str, direction: str | None = None, beam_size: float = 5, replace_unk: bool = True,
+            lexicon: str | None = None) -> tuple[str, dict]:
     """Translate the first sentence of ``text`` with every bundled model of ``direction``.
 
     Returns an HTML status and {"ok", "error", "notes", "sentence", "direction", "models": [{"name",
@@ -257,6 +259,7 @@ def compare(text: str, direction: str, beam_size: float, replace_unk: bool, lexi
     """
     try:
         sentences, notes = split_input(text)
+        direction = direction or DEFAULT_DIRECTION
         models = [m for m in MODELS if m.direction == direction]
         if not models:
             _bundled(direction, None)  # raises the right message
@@ -284,7 +287,7 @@ def _compare_one(model: catalog.BundledModel, sentence: str, beam_size, replace_
         return {**row, "error": f"Internal error ({type(exc).__name__}: {exc})."}
 
 
-def model_card(direction: str, attention: str, hub_id: str) -> tuple[str, object]:
+def model_card(direction: str | None = None, attention: str = "general", hub_id: str = "") -> tuple[str, object]:
     """The selected model's card (Markdown) and its training curves (a Plotly figure, or None without metrics)."""
     try:
         translator, model = choose_model(direction, attention, hub_id)
@@ -441,7 +444,7 @@ CSS = """
 # ----------------------------------------------------------------------------- the page
 def build_demo() -> gr.Blocks:
     """The Blocks app: model and settings on the left, input and results on the right."""
-    direction0 = next(iter(catalog.directions(MODELS)), None)
+    direction0 = DEFAULT_DIRECTION or None
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nTranslate with attentional LSTM encoder-decoders (Luong et al. 2015) trained on "
                     "Multi30k and see, for every output word, which source words the model attended to.")

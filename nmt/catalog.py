@@ -14,6 +14,7 @@ folder). This module finds them by reading their ``config.json`` only (no weight
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ATTENTION_KINDS
-from .checkpoint import read_metrics
+from .checkpoint import MAX_PARAMETERS, read_metrics
 from .errors import CheckpointError
 from .translator import Translator
 
@@ -35,6 +36,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS_ENV, DATA_ENV = "NMT_CHECKPOINTS", "NMT_DATA"
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "multi30k"
 MAX_CACHED_MODELS = 8
+# A server loads what its visitors name: a model of at most this many parameters (200 MB as fp32,
+# 40x the bundled ones), and a Hub download cache pruned to this size.
+MAX_PARAMETERS_ENV, APP_MAX_PARAMETERS = "NMT_MAX_PARAMETERS", 50_000_000
+HUB_CACHE_ENV, APP_HUB_CACHE_MB = "NMT_HUB_CACHE_MB", 2000
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech"}
 FALLBACK_EXAMPLES = {
     "de": ["Ein Hund läuft über die Wiese.", "Zwei Männer spielen Fußball im Park.",
@@ -142,8 +147,11 @@ class ModelCache:
     load in parallel. Failed loads are not cached (a Hub that was down may be back next time).
     """
 
-    def __init__(self, capacity: int = MAX_CACHED_MODELS, device: str | None = None):
+    def __init__(self, capacity: int = MAX_CACHED_MODELS, device: str | None = None,
+                 max_parameters: int = MAX_PARAMETERS, hub_cache_bytes: int | None = None):
         self.capacity, self.device = capacity, device  # device None: CUDA when present
+        self.max_parameters = max_parameters  # larger models are refused before their weights are read
+        self.hub_cache_bytes = hub_cache_bytes  # the Hub download cache is pruned to this after each download
         self.loads = 0  # how many models were actually loaded (for tests and logs)
         self._models: OrderedDict[tuple, Translator] = OrderedDict()
         self._loading: dict[tuple, threading.Lock] = {}
@@ -182,7 +190,8 @@ class ModelCache:
             del self._loading[key]
 
     def bundled(self, model: BundledModel) -> Translator:
-        return self.get(("local", str(model.path)), lambda: Translator.load(model.path, device=self.device))
+        return self.get(("local", str(model.path)), lambda: Translator.load(model.path, device=self.device,
+                                                                           max_parameters=self.max_parameters))
 
     def hub(self, hub_id: str) -> Translator:
         """A Hub checkpoint (``user/name[@revision]``), downloaded to the Hub cache on first use."""
@@ -190,11 +199,22 @@ class ModelCache:
         if Path(repo_id).exists():  # Translator.load would look there, not on the Hub
             raise CheckpointError(f"{repo_id!r} cannot be fetched from the Hub here: "
                                   "a local file or folder of the same name shadows it")
-        return self.get(("hub", repo_id, revision),
-                        lambda: Translator.load(repo_id, revision=revision, device=self.device))
+        return self.get(("hub", repo_id, revision), lambda: self._load_hub(repo_id, revision))
+
+    def _load_hub(self, repo_id: str, revision: str | None) -> Translator:
+        try:
+            return Translator.load(repo_id, revision=revision, device=self.device, max_parameters=self.max_parameters)
+        finally:  # (a refused download may have left files too)
+            if self.hub_cache_bytes is not None:
+                from .hub import prune_cache
+
+                with self._lock:
+                    in_use = {key[1] for key in self._models if key[0] == "hub"}
+                prune_cache(self.hub_cache_bytes, keep=in_use | {repo_id})
 
 
-CACHE = ModelCache()
+CACHE = ModelCache(max_parameters=int(os.environ.get(MAX_PARAMETERS_ENV) or APP_MAX_PARAMETERS),
+                   hub_cache_bytes=int(os.environ.get(HUB_CACHE_ENV) or APP_HUB_CACHE_MB) * 1_000_000)
 
 
 # ----------------------------------------------------------------------------- metrics and the model card
@@ -211,34 +231,58 @@ def summary(translator: Translator, name: str | None = None) -> dict:
         "architecture": describe(ckpt), "parameters": ckpt.model.num_parameters(),
         "vocab": {"src": len(ckpt.src_vocab), "tgt": len(ckpt.tgt_vocab)},
         "data": _training_data(ckpt.extra), "train": _training_settings(ckpt.extra),
-        "epochs_trained": len(metrics), "scores": dict(ckpt.extra.get("scores") or {}),
-        "decode": dict(ckpt.extra.get("decode") or {}), "device": str(translator.device),
+        "epochs_trained": len(metrics), "scores": _section(ckpt.extra, "scores"),
+        "decode": _section(ckpt.extra, "decode"), "device": str(translator.device),
     }
 
 
+def test_bleu(translator: Translator) -> float | None:
+    """The test BLEU a checkpoint records (``scores.bleu``), if it is a number."""
+    value = _section(translator.checkpoint.extra, "scores").get("bleu")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _section(extra: dict, key: str) -> dict:
+    """A config.json section, or {} where it is missing or not an object (a checkpoint is untrusted)."""
+    value = extra.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def _training_data(extra: dict) -> dict:
-    data, vocab = extra.get("data") or {}, extra.get("vocab") or {}
+    data, vocab = _section(extra, "data"), _section(extra, "vocab")
     names = ("train_src", "train_tgt", "valid_src", "valid_tgt")
-    files = {k: Path(v).name for k, v in data.items() if k in names and v}
-    corpus = next((Path(v).parent.name for k, v in data.items() if k == "train_src" and v), "")
+    files = {k: Path(v).name for k, v in data.items() if k in names and isinstance(v, str) and v}
+    train_src = data.get("train_src")
+    corpus = Path(train_src).parent.name if isinstance(train_src, str) and train_src else ""
     return {"corpus": corpus, **files, "max_len": data.get("max_len"), "min_freq": vocab.get("min_freq")}
 
 
 def _training_settings(extra: dict) -> dict:
-    train = extra.get("train") or {}
+    train = _section(extra, "train")
     keys = ("epochs", "optim", "learning_rate", "label_smoothing")
     return {k: train[k] for k in keys if k in train}
 
 
+def plain(value) -> str:
+    """``value`` as inert Markdown text: what a checkpoint says (file names, settings, scores) can
+    hold HTML or Markdown links; escaped, it shows as the characters it is, for browsers and API clients."""
+    text = html.escape(str(value), quote=True)
+    return "".join(f"&#{ord(c)};" if c in _MARKDOWN_SPECIALS else c for c in text)
+
+
+_MARKDOWN_SPECIALS = set("\\`*_{}[]()#+!|~")
+
+
 def card_markdown(info: dict) -> str:
-    """The model card as Markdown (from :func:`summary`)."""
-    lines = [f"### {info['name']}: {direction_label(info['direction'])}, attention `{info['attention']}`",
+    """The model card as Markdown (from :func:`summary`); every value from the checkpoint is escaped."""
+    lines = [f"### {plain(info['name'])}: {plain(direction_label(info['direction']))}, attention "
+             f"`{info['attention']}`",
              f"**Architecture.** {info['architecture']}",
              f"**Size.** {info['parameters']:,} parameters ({info['parameters'] * 4 / 2**20:.1f} MiB as fp32).",
              f"**Training data.** {_data_text(info)}",
              f"**Test scores.** {_scores_text(info['scores'])}"]
     if info["decode"]:
-        settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in info["decode"].items())
+        settings = ", ".join(f"{plain(k.replace('_', ' '))} {plain(v)}" for k, v in info["decode"].items())
         lines.append(f"**Decoding defaults.** {settings}")
     lines.append(f"*Running on {info['device']}.*")
     return "\n\n".join(lines)
@@ -248,17 +292,18 @@ def _data_text(info: dict) -> str:
     data, train = info["data"], info["train"]
     if not data.get("train_src"):
         return "not recorded in this checkpoint."
-    text = f"{data['train_src']} + {data.get('train_tgt', '?')}" + (f" ({data['corpus']})" if data["corpus"] else "")
+    text = f"{plain(data['train_src'])} + {plain(data.get('train_tgt', '?'))}"
+    text += f" ({plain(data['corpus'])})" if data["corpus"] else ""
     if data.get("valid_src"):
-        text += f", validated on {data['valid_src']} + {data.get('valid_tgt', '?')}"
+        text += f", validated on {plain(data['valid_src'])} + {plain(data.get('valid_tgt', '?'))}"
     if data.get("max_len"):
-        text += f"; pairs up to {data['max_len']} tokens"
+        text += f"; pairs up to {plain(data['max_len'])} tokens"
     if data.get("min_freq"):
-        text += f"; words seen at least {data['min_freq']} times"
+        text += f"; words seen at least {plain(data['min_freq'])} times"
     if info["epochs_trained"]:
         text += f". Trained {info['epochs_trained']} epochs"
     if train:
-        text += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in train.items() if k != "epochs") + ")"
+        text += " (" + ", ".join(f"{plain(k.replace('_', ' '))} {plain(v)}" for k, v in train.items() if k != "epochs") + ")"
     return text + "."
 
 
@@ -268,7 +313,7 @@ def _scores_text(scores: dict) -> str:
     text = f"BLEU **{scores['bleu']:.2f}**"
     if isinstance(scores.get("chrf"), (int, float)):
         text += f", chrF {scores['chrf']:.2f}"
-    return text + (f" on `{scores['test_set']}`" if scores.get("test_set") else "") + "."
+    return text + (f" on {plain(scores['test_set'])}" if scores.get("test_set") else "") + "."
 
 
 # ----------------------------------------------------------------------------- examples

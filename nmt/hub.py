@@ -13,11 +13,13 @@ pushes), ``HF_HOME``/``HF_HUB_CACHE`` (the download cache), ``HF_HUB_OFFLINE=1``
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import HfApi, constants, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
+    CacheNotFound,
     EntryNotFoundError,
     HfHubHTTPError,
     HFValidationError,
@@ -33,7 +35,10 @@ from .errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "src.vocab", "tgt.vocab")
-CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md")
+LEXICON_FILE = "lexicon.txt"  # a checkpoint's own lexicon for UNK replacement (config: decode.lexicon)
+CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md", LEXICON_FILE)
+# A branch, tag or commit id: git's ref characters, without '..', '//', or a leading or trailing '/'.
+_REVISION = re.compile(r"[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -54,7 +59,11 @@ def parse_repo_ref(name: str, revision: str | None = None) -> tuple[str, str | N
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise CheckpointError(f"{name!r} is neither a local checkpoint folder nor a valid Hub repo id: {exc}") from None
-    return repo_id, (ref if at else revision)
+    revision = ref if at else revision
+    if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision or len(revision) > 255):
+        raise CheckpointError(f"{name!r}: invalid revision {revision!r} (a branch, tag or commit id: letters, "
+                              "digits, '.', '_', '-' and '/' between names, no '..')")
+    return repo_id, revision
 
 
 def resolve_checkpoint(name_or_path: str, revision: str | None = None, token: str | None = None) -> Path:
@@ -156,6 +165,11 @@ def push_checkpoint(model_dir: str | Path, repo_id: str, private: bool = False, 
     if pickles:
         raise CheckpointError(f"{folder} holds pickle files ({', '.join(pickles)}); remove them before pushing "
                               "(only safetensors checkpoints are shared)")
+    root = folder.resolve()
+    leaving = [f for f in CHECKPOINT_FILES if (folder / f).exists() and root not in (folder / f).resolve().parents]
+    if leaving:
+        raise CheckpointError(f"{folder}: {', '.join(leaving)} link{'s' * (len(leaving) == 1)} to a file outside the "
+                              "folder; push only a folder whose files are its own")
     if repo_id.count("/") != 1:
         raise CheckpointError(f"{repo_id!r} is not a Hub repo id (expected 'user/name')")
     try:
@@ -184,3 +198,32 @@ def push_checkpoint(model_dir: str | Path, repo_id: str, private: bool = False, 
     except ValueError as exc:  # e.g. invalid metadata in README.md
         raise CheckpointError(f"cannot push {folder} to {repo_id!r}: {exc}") from exc
     return str(info.commit_url)
+
+
+def prune_cache(max_bytes: int, keep: set[str] = frozenset()) -> list[str]:
+    """Delete the least recently used model repos from the Hub download cache until it holds at most
+    ``max_bytes`` (repos in ``keep`` stay); returns the deleted repo ids. A server that downloads
+    whatever its visitors ask for would otherwise fill its disk."""
+    try:
+        cache = scan_cache_dir()
+    except (CacheNotFound, OSError, ValueError) as exc:  # (CacheNotFound: nothing downloaded yet)
+        logger.debug("no Hub cache to prune (%s)", exc)
+        return []
+    total = cache.size_on_disk
+    deleted, hashes = [], []
+    for repo in sorted(cache.repos, key=lambda r: r.last_accessed):
+        if total <= max_bytes:
+            break
+        if repo.repo_type != "model" or repo.repo_id in keep:
+            continue
+        hashes += [rev.commit_hash for rev in repo.revisions]
+        total -= repo.size_on_disk
+        deleted.append(repo.repo_id)
+    if hashes:
+        try:
+            cache.delete_revisions(*hashes).execute()
+        except OSError as exc:
+            logger.warning("could not prune the Hub cache (%s)", exc)
+            return []
+        logger.info("pruned the Hub cache to %.0f MB: deleted %s", total / 1e6, ", ".join(deleted))
+    return deleted
