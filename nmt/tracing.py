@@ -13,6 +13,7 @@ what pays with the pinned PyTorch. Its deprecation notice and the int8 layers' t
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 
@@ -34,6 +35,27 @@ class _Step(nn.Module):
         logp, attn, state = self.model.step(tokens, dict(zip(self.keys, values)))
         out = (logp,) + tuple(state[k] for k in self.updated)
         return out if attn is None else out + (attn,)
+
+
+# TorchScript keeps every trace's code in its global compilation unit for the life of the process
+# (pytorch/pytorch#35600): about 1 MB a trace of this model, never freed when the model is. A
+# server that loads and evicts models would grow without end, so a process traces at most this
+# many steps; later models search with the eager step (the same results, slower for one sentence).
+# torch.jit.freeze is not used: it made the weights constants of that unit, so each evicted model
+# stayed in memory whole (12 MB a cycle in bench/load_cycles.py), and it bought int8 search nothing.
+MAX_TRACES = int(os.environ.get("NMT_MAX_TRACES") or 16)
+_traces_made = 0
+_traces_lock = threading.Lock()
+
+
+def take_trace_slot() -> bool:
+    """Whether one more trace may be made in this process (see MAX_TRACES); counts it."""
+    global _traces_made
+    with _traces_lock:
+        if _traces_made >= MAX_TRACES:
+            return False
+        _traces_made += 1
+        return True
 
 
 class TracedSearchModel:
@@ -79,5 +101,4 @@ class TracedSearchModel:
                 warnings.simplefilter("ignore")
                 example = tuple(x.clone() for x in example)  # (a trace cannot record inference tensors)
                 traced = torch.jit.trace(_Step(self.model, keys, updated).eval(), example, check_trace=False)
-                traced = torch.jit.freeze(traced)  # submodules inlined, weights as constants: less to interpret
             self._keys, self._updated, self._traced = keys, updated, traced
