@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NMT_PROGRESS", "0")
+os.environ.setdefault("NMT_MAX_TRACES", "100000")  # a test process makes many translators (see nmt/tracing.py)
 torch.set_num_threads(1)  # tiny models; also safe beside a training run
 
 from nmt.checkpoint import Checkpoint  # noqa: E402

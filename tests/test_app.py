@@ -264,12 +264,42 @@ def unk_translator(tiny_translators):
     return unk_model(tiny_translators["general"], "dog")
 
 
+SECRET = "SECRET-LINE-OF-THE-LEXICON"
+HOSTILE_CARD = {"scores": {"bleu": 1.0, "test_set": "<img src=x onerror=alert(1)>"},
+                "data": {"train_src": "/d/<iframe src=//evil.example>/train.de", "train_tgt": "[x](javascript:alert(1))"},
+                "decode": {"beam_size": 5}, "extra": "<script>alert(1)</script>"}
+
+
+def hostile_repos(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """Hub repos a hostile user could publish: the tiny checkpoint's files with a config that asks
+    for a file outside the folder, claims a huge model, carries HTML, or brings a corrupt lexicon."""
+    config = json.loads(files["config.json"])
+
+    def repo(changes: dict, **more: bytes) -> dict[str, bytes]:
+        return {**files, "config.json": json.dumps({**config, **changes}).encode(), **more}
+
+    huge = {**config["model"], "emb_size": 2000, "hidden": 2000, "src_vocab": 150000, "tgt_vocab": 150000}
+    return {
+        "mallory/passwd": repo({"decode": {"lexicon": "/etc/passwd"}}),
+        "mallory/dev-zero": repo({"decode": {"lexicon": "../../../../../../dev/zero"}}),
+        "mallory/huge": repo({"model": huge}),
+        "mallory/card": repo(HOSTILE_CARD),
+        "mallory/bad-lexicon": repo({"decode": {"lexicon": "lexicon.txt"}},
+                                    **{"lexicon.txt": f"Hund ||| dog\n{SECRET}\n".encode()}),
+        "mallory/model-list": repo({"model": [1, 2]}),
+        "mallory/decode-string": repo({"decode": "beam"}),
+        "mallory/nested": {**files, "config.json": b"[" * 100_000 + b"]" * 100_000},
+    }
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, unk_translator):
     folder = save_checkpoint(unk_translator.checkpoint, tmp_path_factory.mktemp("hub") / "tiny-unk")
     with FakeHub() as fake:
         fake.add_repo("alice/tiny-unk", folder_files(folder), revision_tag="v1")
         fake.add_repo("alice/no-weights", {"config.json": b"{}", "README.md": b"# nothing here\n", "model.bin": b"x"})
+        for repo_id, files in hostile_repos(folder_files(folder)).items():
+            fake.add_repo(repo_id, files)
         yield fake
 
 
@@ -367,6 +397,45 @@ def test_unknown_source_words_are_reported(client):
 def test_hub_problems_get_a_clear_message(client, hub_id, message):
     status, result = translate(client, "Ein Hund läuft.", hub_id=hub_id)
     assert not result["ok"] and message in result["error"] and message in status
+
+
+@pytest.mark.parametrize("hub_id, message", [
+    ("mallory/passwd", "names a file outside the checkpoint folder"),
+    ("mallory/dev-zero", "names a file outside the checkpoint folder"),
+    ("mallory/huge", "over this program's limit of 50,000,000"),
+    ("mallory/model-list", "'model' must be a JSON object"),
+    ("mallory/decode-string", "'decode' must be a JSON object"),
+    ("mallory/nested", "nested too deeply"),
+    ("alice/tiny-unk@../../x", "invalid revision"),
+])
+def test_hostile_hub_checkpoints_are_refused_with_a_clear_message(client, hub_id, message):
+    status, result = translate(client, "Ein Hund läuft.", hub_id=hub_id)
+    assert not result["ok"] and message in result["error"], result["error"]
+    assert "root:" not in result["error"] and "Internal error" not in result["error"]
+    assert translate(client, "Ein Hund läuft.")[1]["sentences"][0]["translation"] == "A dog runs."
+
+
+def test_a_checkpoint_lexicon_is_read_only_for_unk_replacement_and_never_echoed(client):
+    _, plain = translate(client, "Ein Hund läuft.", hub_id="mallory/bad-lexicon", unk=False, n_best=1)
+    assert plain["ok"] and plain["sentences"][0]["tokens"] == ["A", "<unk>", "runs", "."]
+    _, replaced = translate(client, "Ein Hund läuft.", hub_id="mallory/bad-lexicon", unk=True, n_best=1)
+    assert not replaced["ok"] and "line 2: expected 'source ||| target'" in replaced["error"]
+    assert SECRET not in replaced["error"]
+
+
+def test_a_hostile_model_card_comes_back_escaped(client):
+    card, _ = client.predict("de-en", "general", "mallory/card", api_name="/model_card")
+    assert "BLEU **1.00**" in card and "onerror" in card  # the text is there, as inert characters
+    for raw in ("<img", "<iframe", "](javascript", "<script"):
+        assert raw not in card
+
+
+def test_every_translate_input_but_the_text_has_a_default(client):
+    status, result = client.predict(text="Ein Hund läuft.", api_name="/translate")
+    assert result["ok"] and result["sentences"][0]["translation"] == "A dog runs."
+    assert result["settings"]["beam_size"] == 5 and result["settings"]["lexicon"] is None
+    _, result = client.predict(text="Ein Hund läuft.", api_name="/compare")
+    assert result["ok"] and len(result["models"]) == 4
 
 
 def test_a_hub_model_is_downloaded_and_unk_replacement_is_marked(client, unk_translator):

@@ -53,7 +53,7 @@ def test_config_records_languages_and_version(tiny_translator, tmp_path):
     (lambda f: ((f / "model.safetensors").rename(f / "pytorch_model.bin")), "pickled checkpoints are never loaded"),
     (lambda f: (f / "config.json").write_text('{"format_version": 99, "model": {}}'), "format version 99"),
     (lambda f: (f / "config.json").write_text("{not json"), "unreadable"),
-    (lambda f: (f / "model.safetensors").write_bytes(b"garbage"), "cannot build the model"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"garbage"), "not a safetensors file"),
     (lambda f: (f / "src.vocab").write_text("<blank>\n<unk>\n<s>\n</s>\nx\n"), "vocabulary files do not match"),
 ])
 def test_broken_checkpoints_fail_clearly(tiny_translator, tmp_path, damage, message):

@@ -81,7 +81,7 @@ def test_gpu_translators_search_with_the_eager_model(tiny_translator):
 
 def test_a_translator_follows_its_weights_changed_in_place(tiny_translator):
     """Training validates every epoch with one translator (Trainer._validation_translator), whose
-    frozen trace must read the weights as the optimizer leaves them, not as they were traced."""
+    trace must read the weights as the optimizer leaves them, not as they were traced."""
     translator = Translator(copy.deepcopy(tiny_translator.checkpoint), "cpu")
     tokens = [translator.src_tok.tokenize(s) for s, _ in PAIRS[:4]]
     settings = DecodeConfig(beam_size=1, batch_size=64)
@@ -95,3 +95,18 @@ def test_a_translator_follows_its_weights_changed_in_place(tiny_translator):
     fresh = Translator(translator.checkpoint, "cpu").search_tokens(tokens, settings)
     assert [h[0].tokens for h in after] == [h[0].tokens for h in fresh] != [h[0].tokens for h in before]
     assert [h[0].score for h in after] == [h[0].score for h in fresh]
+
+
+def test_past_the_trace_limit_models_search_eagerly_with_the_same_results(tiny_translators, monkeypatch):
+    """TorchScript never frees a trace, so a process makes at most MAX_TRACES (a server that
+    evicts and reloads models would grow without end); after that the eager step serves."""
+    from nmt import tracing
+
+    ckpt = tiny_translators["general"].checkpoint
+    monkeypatch.setattr(tracing, "MAX_TRACES", 1)
+    monkeypatch.setattr(tracing, "_traces_made", 0)
+    first, second = Translator(ckpt, "cpu"), Translator(ckpt, "cpu")
+    assert isinstance(first.search_model(False, trace=True), TracedSearchModel)
+    assert second.search_model(False, trace=True) is second.model
+    a, b = (t.translate(SOURCES, beam_size=4, n_best=2, trace=True) for t in (first, second))
+    assert [[(c.text, c.score) for c in r.n_best] for r in a] == [[(c.text, c.score) for c in r.n_best] for r in b]

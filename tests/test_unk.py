@@ -72,7 +72,7 @@ def test_corrupt_lexicon_names_the_line(tmp_path):
     with pytest.raises(DataError, match="line 2"):
         load_lexicon(lex)
     lex.write_bytes(b"\xff\xfe bad")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="line 1: not valid UTF-8"):
         load_lexicon(lex)
 
 
