@@ -191,11 +191,11 @@ def test_an_output_is_written_whole_or_not_at_all(tiny_translator, folder, tmp_p
 def test_resume_repairs_a_best_checkpoint_left_behind_by_a_kill(tmp_path):
     files = tiny_corpus(tmp_path, n_train=60, n_valid=10)
     run = tmp_path / "run"
-    trainer(files, run, epochs=1).run()
+    first = trainer(files, run, epochs=1)
+    first.cfg.select_by = "ppl"  # (saved with the run; validation perplexity falls in epoch 2)
+    first.run()
     shutil.copytree(run / "best", tmp_path / "best-epoch-1")
-    t = trainer(files, tmp_path / "ignored", epochs=2, train_from=str(run))
-    t.cfg.select_by = "ppl"
-    t.run()
+    trainer(files, tmp_path / "ignored", epochs=2, train_from=str(run)).run()
     state = json.loads((run / "last/trainer_state.json").read_text())["trainer"]
     assert state["best_epoch"] == 2 and checkpoint_epoch(run / "best") == 2
     # Killed while writing best/ after epoch 2: the old best/ is still there, and a temporary folder.
