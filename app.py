@@ -2,8 +2,8 @@
 
     python app.py        # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change it)
 
-Runs unchanged as a Hugging Face Space. Everything shown comes from the ``nmt`` API, ``nmt.catalog``
-(bundled checkpoints, model cache, model cards) and ``nmt.plots`` (Plotly figures); this file only checks
+Runs unchanged as a Hugging Face Space. Everything shown comes from the ``nmt`` API, ``nmt.serving.catalog``
+(bundled checkpoints, model cache, model cards) and ``nmt.serving.plots`` (Plotly figures); this file only checks
 the input and wires the page. The documented API endpoint is ``/translate`` (see :func:`translate`);
 ``/compare`` and ``/model_card`` are public too.
 """
@@ -26,9 +26,10 @@ from types import SimpleNamespace  # noqa: E402
 import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402
 
-from nmt import (CheckpointError, DataError, NMTError, Translation, Translator, catalog, plots,  # noqa: E402
+from nmt import (CheckpointError, DataError, NMTError, Translation, Translator,  # noqa: E402
                  split_sentences)
 from nmt.config import ATTENTION_KINDS  # noqa: E402
+from nmt.serving import catalog, plots  # noqa: E402
 from nmt.tokenization import get_tokenizer  # noqa: E402
 
 logger = logging.getLogger("nmt.app")

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.catalog import ModelCache  # noqa: E402
-from nmt.translator import Translator  # noqa: E402
+from nmt.serving.catalog import ModelCache  # noqa: E402
+from nmt.serving.translator import Translator  # noqa: E402
 
 
 def rss_mib() -> float:

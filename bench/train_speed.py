@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from nmt.cli import add_config_args, config_from_args  # noqa: E402
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig  # noqa: E402
 from nmt.data import Batch  # noqa: E402
-from nmt.model import Seq2Seq  # noqa: E402
-from nmt.training import Trainer, make_optimizer  # noqa: E402
+from nmt.model.seq2seq import Seq2Seq  # noqa: E402
+from nmt.training import Trainer  # noqa: E402
+from nmt.training.optim import make_optimizer  # noqa: E402
 from nmt.vocabulary import BOS_ID  # noqa: E402
 
 

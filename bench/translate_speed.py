@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from nmt.data import read_lines  # noqa: E402
 from nmt.evaluation import corpus_scores  # noqa: E402
-from nmt.translator import Translator  # noqa: E402
+from nmt.serving.translator import Translator  # noqa: E402
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
 """Attentional LSTM neural machine translation (in the line of harvardnlp/seq2seq-attn)."""
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig
-from .errors import CheckpointError, DataError, NMTError
-from .model import Seq2Seq
-from .tokenization import split_sentences
-from .translator import Candidate, Translation, Translator
+from nmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nmt.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig
+from nmt.errors import CheckpointError, DataError, NMTError
+from nmt.model.seq2seq import Seq2Seq
+from nmt.serving.translator import Candidate, Translation, Translator
+from nmt.tokenization import split_sentences
 
 __all__ = ["Checkpoint", "CheckpointError", "Candidate", "DataConfig", "DataError", "DecodeConfig", "ModelConfig",
            "NMTError", "Seq2Seq", "TrainConfig", "Translation", "Translator", "VocabConfig", "load_checkpoint",

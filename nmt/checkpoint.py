@@ -21,12 +21,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
-from .errors import CheckpointError
-from .hub import PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
-from .model import Seq2Seq
-from .safe_io import KIB, MIB, checkpoint_file, decode_lines, read_capped
-from .vocabulary import Vocabulary
+from nmt.config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
+from nmt.errors import CheckpointError
+from nmt.hub import PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
+from nmt.model.seq2seq import Seq2Seq
+from nmt.safe_io import KIB, MIB, checkpoint_file, decode_lines, read_capped
+from nmt.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB, METRICS = REQUIRED_FILES + ("metrics.jsonl",)

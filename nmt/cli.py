@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig
-from .errors import NMTError
+from nmt.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig
+from nmt.errors import NMTError
 
 log = logging.getLogger("nmt")
 
@@ -39,7 +39,7 @@ def config_from_args(cls: type, args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nmt", description="Attentional LSTM neural machine translation.")
+    parser = argparse.ArgumentParser(prog="nmt", description="Attentional LSTM neural machine translation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_source(path: str) -> list[str]:
     """The lines of ``path``, or of standard input for ``-``: only ``\n`` ends a line, as in files."""
-    from .data import read_lines
-    from .errors import DataError
-    from .safe_io import decode_lines
+    from nmt.data import read_lines
+    from nmt.errors import DataError
+    from nmt.safe_io import decode_lines
 
     if path != "-":
         return read_lines(path)
@@ -83,7 +83,7 @@ def read_source(path: str) -> list[str]:
 
 
 def cmd_train(args) -> None:
-    from .training import Trainer
+    from nmt.training.trainer import Trainer
 
     best = Trainer(config_from_args(DataConfig, args), config_from_args(VocabConfig, args),
                    config_from_args(ModelConfig, args), config_from_args(TrainConfig, args)).run()
@@ -93,7 +93,7 @@ def cmd_train(args) -> None:
 @contextlib.contextmanager
 def _output(path: str, what: str = "output file"):
     """Standard output for '' or '-', else a file written atomically (never left half-written)."""
-    from .safe_io import atomic_output
+    from nmt.safe_io import atomic_output
 
     if path in ("", "-"):
         yield sys.stdout
@@ -104,7 +104,7 @@ def _output(path: str, what: str = "output file"):
 
 def _check_outputs(*paths: str) -> None:
     """Refuse unusable output paths before any work is done."""
-    from .errors import DataError
+    from nmt.errors import DataError
 
     for path in paths:
         if path and path != "-" and (Path(path).is_dir() or not Path(path).parent.is_dir()):
@@ -113,7 +113,7 @@ def _check_outputs(*paths: str) -> None:
 
 
 def cmd_translate(args) -> None:
-    from .translator import Translator, perplexity
+    from nmt.serving.translator import Translator, perplexity
 
     _check_outputs(args.output, args.attention_out)
     cfg = config_from_args(DecodeConfig, args)
@@ -143,8 +143,8 @@ def cmd_translate(args) -> None:
 
 
 def _read_references(path: str, n: int) -> list[str]:
-    from .data import read_lines
-    from .errors import DataError
+    from nmt.data import read_lines
+    from nmt.errors import DataError
 
     references = read_lines(path)
     if len(references) != n:
@@ -153,9 +153,9 @@ def _read_references(path: str, n: int) -> list[str]:
 
 
 def cmd_evaluate(args) -> None:
-    from .data import read_parallel
-    from .evaluation import corpus_scores
-    from .translator import Translator, perplexity
+    from nmt.data import read_parallel
+    from nmt.evaluation import corpus_scores
+    from nmt.serving.translator import Translator, perplexity
 
     _check_outputs(args.output)
     cfg = config_from_args(DecodeConfig, args)
@@ -174,7 +174,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_push(args) -> None:
-    from .hub import push_checkpoint
+    from nmt.hub import push_checkpoint
 
     print(push_checkpoint(args.model, args.repo_id, private=args.private, revision=args.revision))
 
@@ -194,3 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run() -> None:
+    """The ``nmt`` command (``pip install -e .``), the same as ``python -m nmt``."""
+    sys.exit(main())

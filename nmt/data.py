@@ -11,9 +11,9 @@ from typing import Iterator
 
 import torch
 
-from .errors import DataError
-from .tokenization import get_tokenizer
-from .vocabulary import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+from nmt.errors import DataError
+from nmt.tokenization import get_tokenizer
+from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 

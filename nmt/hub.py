@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .errors import CheckpointError
+from nmt.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

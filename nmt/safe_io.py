@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
 
-from .errors import CheckpointError, DataError
+from nmt.errors import CheckpointError, DataError
 
 KIB, MIB = 1024, 1024 * 1024
 

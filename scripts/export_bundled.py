@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from nmt.checkpoint import Checkpoint, load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
 from nmt.data import read_parallel  # noqa: E402
 from nmt.evaluation import corpus_scores  # noqa: E402
-from nmt.model_card import model_card  # noqa: E402
-from nmt.translator import Translator  # noqa: E402
+from nmt.serving.model_card import model_card  # noqa: E402
+from nmt.serving.translator import Translator  # noqa: E402
 
 
 def hardware() -> str:

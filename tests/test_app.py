@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import PAIRS  # noqa: E402
 from hub_server import FakeHub  # noqa: E402
 
-from nmt import catalog, plots  # noqa: E402
+from nmt.serving import catalog, plots  # noqa: E402
 from nmt.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from nmt.errors import CheckpointError  # noqa: E402
-from nmt.translator import Translation, Translator  # noqa: E402
-from nmt.unk import Replacement  # noqa: E402
+from nmt.serving.translator import Translation, Translator  # noqa: E402
+from nmt.serving.unk import Replacement  # noqa: E402
 from nmt.vocabulary import UNK_ID  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,7 +392,7 @@ def test_unknown_source_words_are_reported(client):
     ("alice/missing-model", "not found"),
     ("alice/tiny-unk@no-such-branch", "revision 'no-such-branch' not found"),
     ("alice/no-weights", "not an nmt checkpoint: missing model.safetensors"),
-    ("nmt/catalog.py", "a local file or folder of the same name shadows it"),
+    ("nmt/errors.py", "a local file or folder of the same name shadows it"),
 ])
 def test_hub_problems_get_a_clear_message(client, hub_id, message):
     status, result = translate(client, "Ein Hund läuft.", hub_id=hub_id)

@@ -10,7 +10,7 @@ import torch
 from conftest import PAIRS, fit, tiny_config
 from nmt.checkpoint import Checkpoint, atomic_dir, load_checkpoint, resolve_dir, save_checkpoint
 from nmt.errors import CheckpointError
-from nmt.translator import Translator
+from nmt.serving.translator import Translator
 
 SENTS = [s for s, _ in PAIRS[:5]] + ["Ein Hund spielt mit einem Kind im Park."]
 

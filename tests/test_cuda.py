@@ -15,9 +15,9 @@ import torch
 
 from conftest import PAIRS
 from nmt.data import pad
-from nmt.graph_search import GraphedBeamSearch
-from nmt.search import beam_search
-from nmt.translator import Translator
+from nmt.engines.cuda_graphs import GraphedBeamSearch
+from nmt.search.beam import beam_search
+from nmt.serving.translator import Translator
 from test_training import tiny_corpus, trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from conftest import PAIRS, tiny_config
 from nmt.data import pad
-from nmt.graph_search import GraphedBeamSearch, fixed_beam_search
-from nmt.model import Seq2Seq
-from nmt.search import beam_search
+from nmt.engines.cuda_graphs import GraphedBeamSearch, fixed_beam_search
+from nmt.model.seq2seq import Seq2Seq
+from nmt.search.beam import beam_search
 from test_search import V, ToyModel, random_table
 
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nmt import catalog
+from nmt.serving import catalog
 from nmt.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
 from nmt.config import MAX_BEAM_SIZE, DecodeConfig
 from nmt.errors import CheckpointError, DataError
 from nmt.hub import parse_repo_ref, push_checkpoint
 from nmt.safe_io import checkpoint_file, decode_lines
-from nmt.translator import Translator, perplexity
+from nmt.serving.translator import Translator, perplexity
 from test_training import tiny_corpus, trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,11 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
-from nmt.dropout import Dropout
-from nmt.encoders import reverse_index
-from nmt.model import Seq2Seq
-from nmt.training import clip_grad_norm, make_optimizer, output_positions, sequence_loss, step_with_clipping
+from nmt.model.dropout import Dropout
+from nmt.model.encoders import reverse_index
+from nmt.model.seq2seq import Seq2Seq
+from nmt.training.loss import output_positions, sequence_loss
+from nmt.training.optim import clip_grad_norm, divides_gradients, make_optimizer, step_with_clipping
 
 
 def test_reference_architecture_has_opennmt_parameter_count():
@@ -171,11 +172,13 @@ def test_gradient_clipping_matches_pytorch(scale):
 @pytest.mark.parametrize("scale", [1e-3, 100.0])
 @pytest.mark.parametrize("optim", ["adam", "sgd"])
 def test_clipping_inside_the_optimizer_step_equals_clipping_then_stepping(scale, optim):
-    """Fused Adam takes the clipping as its gradient scale; other optimizers clip first."""
+    """Fused Adam takes the clipping as its gradient scale (through PyTorch's private attributes,
+    used by nmt.training.optim.step_dividing_gradients only); other optimizers clip first."""
     torch.manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(5, 7)) for _ in range(3)]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     opt = make_optimizer(optim, ours, 0.01)
+    assert divides_gradients(opt) == (optim == "adam")  # fails if PyTorch renames the attribute
     ref_opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optim](ref, lr=0.01)
     for _ in range(3):
         for p, q in zip(ours, ref):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub import ModelCard
 
 from nmt.checkpoint import Checkpoint
-from nmt.model_card import model_card
+from nmt.serving.model_card import model_card
 
 METRICS = [{"epoch": 1, "train_ppl": 30.0, "valid_ppl": 20.0, "valid_bleu": 10.0, "lr": 0.001, "epoch_time_s": 90.0},
            {"epoch": 2, "train_ppl": 12.0, "valid_ppl": 9.0, "valid_bleu": 21.5, "lr": 0.0005, "epoch_time_s": 90.0}]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from nmt.cli import build_parser
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_every_flag_is_documented():
@@ -30,3 +31,12 @@ def test_the_two_setup_commands_come_first():
     first_block = body.split("```bash", 1)[1].split("```", 1)[0]
     assert "pip install -r requirements.txt && python app.py" in first_block
     assert "python -m pytest" in first_block
+
+
+def test_the_package_declares_the_requirements_and_the_nmt_command():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip()]
+    assert project["dependencies"] == pins
+    assert project["scripts"] == {"nmt": "nmt.cli:run"}

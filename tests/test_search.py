@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmt.search import _best_candidates, _candidate_sums, beam_search, beam_topk, greedy_search
+from nmt.search.beam import _best_candidates, _candidate_sums, beam_search, beam_topk, greedy_search
 from nmt.vocabulary import BOS_ID, EOS_ID
 
 W1, W2 = 4, 5  # the toy vocabulary: 4 specials + two words
@@ -205,7 +205,7 @@ def test_beam_search_over_a_wide_vocabulary_matches_plain_topk(monkeypatch):
     src = torch.tensor([[7, 8, 9], [7, 8, 0]])
     lengths = torch.tensor([3, 2])
     fast = beam_search(Wide(), src, lengths, beam_size=5, n_best=3, length_penalty=1.0, max_len_a=1, max_len_b=2)
-    monkeypatch.setattr("nmt.search.TOPK_BLOCK", 0)  # one plain topk
+    monkeypatch.setattr("nmt.search.beam.TOPK_BLOCK", 0)  # one plain topk
     plain = beam_search(Wide(), src, lengths, beam_size=5, n_best=3, length_penalty=1.0, max_len_a=1, max_len_b=2)
     for a, b in zip(fast, plain):
         assert [h.tokens for h in a] == [h.tokens for h in b]

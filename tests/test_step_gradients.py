@@ -1,15 +1,14 @@
-"""Training's gradients summed over the decoder's steps once per batch (nmt.step_gradients)
-against plain autograd through the same steps."""
+"""The CPU training engine (nmt.engines.teacher_forcing: gradients summed over the decoder's steps
+once per batch, and a fused step) against plain autograd through the model's own steps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import nmt.decoders as decoders
-import nmt.step_gradients as sg
+import nmt.engines.teacher_forcing as sg
 from nmt.config import ModelConfig
-from nmt.model import Seq2Seq
+from nmt.model.seq2seq import Seq2Seq
 
 SRC = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 0, 0, 0], [11, 12, 13, 14, 0, 0]])
 LENGTHS = torch.tensor([6, 3, 4])
@@ -23,13 +22,16 @@ def _model(attention: str, layers: int, input_feed: bool, brnn: bool, dropout: f
     return Seq2Seq(cfg).train()
 
 
-def _run(model: Seq2Seq, summed: bool, amp: bool = False, passes: int = 1):
-    """Outputs and parameter gradients of a loss on both the logits and the attention."""
-    model.decoder.sum_step_gradients = summed
+def _run(model: Seq2Seq, summed: bool, amp: bool = False, passes: int = 1, fuse: bool = True):
+    """Outputs and parameter gradients of a loss on both the logits and the attention, through the
+    engine (``summed``) or the model's own forward."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same dropout masks on both paths
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        logits, attn = model(SRC, LENGTHS, TGT_IN)
+        if summed:
+            logits, attn = sg.TeacherForcing(fuse).forward(model, SRC, LENGTHS, TGT_IN)
+        else:
+            logits, attn = model(SRC, LENGTHS, TGT_IN)
     loss = logits.float().pow(2).mean()
     if attn is not None:
         loss = loss + attn.float().pow(2).sum()
@@ -72,16 +74,17 @@ def test_under_bf16_autocast_the_gradients_stay_close_to_full_precision():
         assert (grad - ref[name]).norm() <= 0.03 * ref[name].norm(), name
 
 
-def test_evaluation_and_search_keep_the_plain_modules():
-    model = _model("general", 1, True, True).eval()
+def test_the_model_runs_its_own_modules_and_the_engine_its_own():
+    model = _model("general", 1, True, True)
     calls = []
     model.decoder.cells[0].register_forward_hook(lambda *_: calls.append(1))
-    with torch.no_grad():
-        model(SRC, LENGTHS, TGT_IN)
+    model(SRC, LENGTHS, TGT_IN)  # training mode, on a CPU: the plain model still
     assert len(calls) == TGT_IN.size(1)  # nn.LSTMCell ran at every step
-    model.train()
-    model(SRC, LENGTHS, TGT_IN)
-    assert len(calls) == TGT_IN.size(1)  # not in training on a CPU
+    sg.TeacherForcing().forward(model, SRC, LENGTHS, TGT_IN)
+    assert len(calls) == TGT_IN.size(1)  # not through the engine
+    assert sg.TeacherForcing.supports(torch.device("cpu"), 0.0)
+    assert not sg.TeacherForcing.supports(torch.device("cpu"), 0.1)  # scheduled sampling: the plain model
+    assert not sg.TeacherForcing.supports(torch.device("cuda"), 0.0)
 
 
 def test_nothing_of_a_batch_outlives_its_step(monkeypatch):
@@ -90,17 +93,15 @@ def test_nothing_of_a_batch_outlives_its_step(monkeypatch):
     import gc
     import weakref
 
-    import nmt.decoders
-
     made = []
-    original = nmt.decoders._SharedBySteps
+    original = sg._SharedBySteps
 
     def recording(*args):
         shared = original(*args)
         made.extend(weakref.ref(t) for t in (shared.cells[0].weight, shared.source.keys, shared.source.memory))
         return shared
 
-    monkeypatch.setattr(nmt.decoders, "_SharedBySteps", recording)
+    monkeypatch.setattr(sg, "_SharedBySteps", recording)
     model = _model("general", 1, True, True)
     gc.disable()
     try:
@@ -124,18 +125,11 @@ def test_one_layer_decoders_with_input_feeding_take_the_fused_step(attention, mo
     assert not calls
 
 
-def test_the_fused_step_under_bf16_autocast_is_as_close_to_full_precision_as_the_unfused(monkeypatch):
+def test_the_fused_step_under_bf16_autocast_is_as_close_to_full_precision_as_the_unfused():
     model = _model("general", 1, True, True, dropout=0.0)
     _, _, ref = _run(model, summed=False)
     logits, _, fused = _run(model, summed=True, amp=True)
-    init = decoders._SharedBySteps.__init__
-
-    def unfused(self, decoder, state):
-        init(self, decoder, state)
-        self.fused = None
-
-    monkeypatch.setattr(decoders._SharedBySteps, "__init__", unfused)
-    unfused_logits, _, plain = _run(model, summed=True, amp=True)
+    unfused_logits, _, plain = _run(model, summed=True, amp=True, fuse=False)
     assert torch.equal(logits, unfused_logits)  # the same forward computation
     for name, grad in fused.items():
         deviation, unfused_deviation = ((g - ref[name]).norm() / ref[name].norm() for g in (grad, plain[name]))

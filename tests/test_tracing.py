@@ -11,10 +11,10 @@ import torch
 from conftest import PAIRS, tiny_config
 from nmt.config import DecodeConfig
 from nmt.data import pad
-from nmt.model import Seq2Seq
-from nmt.search import beam_search, greedy_search
-from nmt.tracing import TracedSearchModel
-from nmt.translator import Translator
+from nmt.model.seq2seq import Seq2Seq
+from nmt.search.beam import beam_search, greedy_search
+from nmt.engines.tracing import TracedSearchModel
+from nmt.serving.translator import Translator
 
 SOURCES = [s for s, _ in PAIRS]
 
@@ -100,7 +100,7 @@ def test_a_translator_follows_its_weights_changed_in_place(tiny_translator):
 def test_past_the_trace_limit_models_search_eagerly_with_the_same_results(tiny_translators, monkeypatch):
     """TorchScript never frees a trace, so a process makes at most MAX_TRACES (a server that
     evicts and reloads models would grow without end); after that the eager step serves."""
-    from nmt import tracing
+    from nmt.engines import tracing
 
     ckpt = tiny_translators["general"].checkpoint
     monkeypatch.setattr(tracing, "MAX_TRACES", 1)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from conftest import PAIRS, shared_data
 from nmt.cli import build_parser, config_from_args, main
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig
-from nmt.training import Trainer
+from nmt.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--emb-size", "16", "--hidden", "32", "--dropout", "0.2"]

@@ -20,7 +20,7 @@ def test_overfit_model_translates_its_training_pairs_exactly(tiny_translators, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_beam_one_is_greedy(tiny_translators, kind):
-    from nmt.search import beam_search, greedy_search
+    from nmt.search.beam import beam_search, greedy_search
     from nmt.data import pad
     import torch
 

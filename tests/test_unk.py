@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nmt.errors import DataError, NMTError
-from nmt.unk import load_lexicon, replace_unk
+from nmt.serving.unk import load_lexicon, replace_unk
 from nmt.vocabulary import UNK, Vocabulary
 
 def test_replace_unk_uses_attention_argmax():
@@ -43,7 +43,7 @@ class DiagonalModel(torch.nn.Module):
 def name_model():
     """'The dog sees <unk> .' with a diagonal alignment: the <unk> attends to the 4th source word."""
     from nmt.checkpoint import Checkpoint
-    from nmt.translator import Translator
+    from nmt.serving.translator import Translator
 
     src_vocab = Vocabulary(["<blank>", "<unk>", "<s>", "</s>", "Der", "Hund", "sieht", "."])
     tgt_vocab = Vocabulary(["<blank>", "<unk>", "<s>", "</s>", "The", "dog", "sees", ".", "cat"])

@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .translator import Translation
+from nmt.serving.translator import Translation
 
 COLORSCALE = "Blues"
 ROW_PX, MIN_HEIGHT, MAX_HEIGHT = 26, 300, 900

@@ -1,4 +1,6 @@
-"""Training on a CPU: gradients that sum over the decoder's steps, computed once per batch.
+"""Engine: teacher-forced training on a CPU, with gradients that sum over the decoder's steps
+computed once per batch. The trainer opts in (``TeacherForcing.supports``); the model knows
+nothing of it, and its plain ``forward`` is the reference the tests compare this engine with.
 
 Teacher-forced decoding uses the same LSTM weights, and attends over the same source memory
 and keys, at every step. Autograd computes each step's share of their gradients with small
@@ -14,13 +16,13 @@ record their factors instead; autograd calls ``_Shared``'s backward only after e
 
 A one-layer decoder with input feeding and dot or general attention (the classic setting) goes
 further: its whole step is one autograd node (``FusedStep``), with the backward written out,
-instead of a graph of some thirty nodes per step (+4.9 % training steps on the reference model).
+instead of a graph of some thirty nodes per step.
 It computes the same forward values as the step's modules and records the same factors, and the
 attention's output layer joins them (``OutputWeights``).
 
 Under bf16 autocast the attention products also run in fp32: their operands are tiny (one
-query row per sentence), and such bf16 products cost more than fp32 ones on a CPU (28 against
-11 µs for a batch of 64). Its gradients get closer to full precision on the way (see the tests).
+query row per sentence), and such bf16 products cost more than fp32 ones on a CPU. Its
+gradients get closer to full precision on the way (see the tests).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from functools import partial
 
 import torch
 from torch import nn
+
+from nmt.model.decoders import InputFeedDecoder, State, by_layer
+from nmt.model.seq2seq import Seq2Seq
 
 
 class _Factors:
@@ -267,3 +272,77 @@ class _FusedStep(torch.autograd.Function):
         e, fe, hh, cc = ctx.dtypes
         return (d_emb.to(e), d_feed.to(fe), d_hprev.to(hh), (d_c_new * f).to(cc),
                 None, None, None, None, None, None, None, None)
+
+
+class TeacherForcing:
+    """Teacher-forced ``Seq2Seq.forward`` on a CPU through the step-summed gradients (and, where
+    the decoder allows, ``FusedStep``): the same outputs, and gradients equal to autograd's up to
+    float rounding. ``fuse=False`` keeps each step's modules (for the tests)."""
+
+    def __init__(self, fuse: bool = True):
+        self.fuse = fuse
+
+    @staticmethod
+    def supports(device: torch.device, scheduled_sampling: float) -> bool:
+        """CPU training without scheduled sampling (which feeds predictions step by step)."""
+        return device.type == "cpu" and scheduled_sampling <= 0
+
+    def forward(self, model: Seq2Seq, src, src_lengths, tgt_in, only: torch.Tensor | None = None):
+        """Logits and attention as ``model(src, src_lengths, tgt_in, only=only)``."""
+        state = model.encode(src, src_lengths)
+        decoder = model.decoder
+        emb = decoder.embeddings(tgt_in)  # (batch, tgt_len, emb)
+        steps = _SharedBySteps(decoder, state, self.fuse)
+        outs, attns = [], []
+        for emb_t in emb.unbind(1):
+            out, attn, state = steps.step(emb_t, state)
+            outs.append(out)
+            attns.append(attn)
+        attn = torch.stack(attns, 1) if decoder.attention is not None else None
+        return model.logits(torch.stack(outs, 1), only), attn
+
+
+class _SharedBySteps:
+    """What the steps of one teacher-forced batch share: each cell's weights, and the attention's
+    keys and memory (dot and general attention); ``step`` is ``InputFeedDecoder.step`` through them."""
+
+    def __init__(self, decoder: InputFeedDecoder, state: State, fuse: bool):
+        self.decoder = decoder
+        self.cells = [CellWeights(cell) for cell in decoder.cells]
+        attention = decoder.attention
+        self.source = None
+        if attention is not None and attention.kind in ("dot", "general"):
+            self.source = SourceForSteps(state["keys"], state["memory"])
+        self.fused = None  # one layer with input feeding: the whole step as one node
+        if fuse and self.source is not None and len(self.cells) == 1 and decoder.input_feed:
+            self.fused = FusedStep(self.cells[0], self.source, OutputWeights(attention.linear_out), state["mask"])
+
+    def step(self, emb: torch.Tensor, state: State):
+        """``InputFeedDecoder.step``: the same draws of the dropout masks, in the same order."""
+        decoder = self.decoder
+        if self.fused is not None:
+            drop = decoder.dropout.scale(state["feed"].shape, self.fused.output.weight.dtype, emb.device)
+            out, h, c, attn = self.fused(emb, state["feed"], state["h"][:, 0], state["c"][:, 0], drop)
+            return out, attn, {**state, "h": h.unsqueeze(1), "c": c.unsqueeze(1), "feed": out}
+        x = torch.cat([emb, state["feed"]], dim=-1) if decoder.input_feed else emb
+        hs, cs = [], []
+        for i, cell in enumerate(self.cells):
+            if i > 0:
+                x = decoder.dropout(hs[-1])
+            h, c = cell(x, state["h"][:, i], state["c"][:, i])
+            hs.append(h)
+            cs.append(c)
+        out, attn = self._attend(h, state)
+        out = decoder.dropout(out)
+        return out, attn, {**state, "h": by_layer(hs), "c": by_layer(cs), "feed": out}
+
+    def _attend(self, h: torch.Tensor, state: State):
+        attention = self.decoder.attention
+        if attention is None:
+            return h, None
+        if self.source is None:  # (concat attention: its own module)
+            return attention(h, state["memory"], state["keys"], state["mask"])
+        mask = state["mask"]
+        q = h.view(mask.size(0), -1, h.size(-1))  # (batch, k, hidden)
+        context, weights = self.source(q, mask)
+        return attention.attentional_state(context, q).view(h.shape), weights.view(-1, mask.size(1))

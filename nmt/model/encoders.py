@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .embeddings import WordEmbeddings
+from nmt.model.embeddings import WordEmbeddings
 
 
 def reverse_index(lengths: torch.Tensor, width: int) -> torch.Tensor:

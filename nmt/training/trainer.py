@@ -20,15 +20,25 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .checkpoint import (Checkpoint, atomic_dir, checkpoint_epoch, load_checkpoint, remove_leftovers, resolve_dir,
-                         write_model_files)
-from .config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
-from .data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
-from .errors import CheckpointError, DataError, NMTError
-from .evaluation import corpus_scores
-from .model import Seq2Seq
-from .translator import Translator, perplexity
-from .vocabulary import PAD_ID, Vocabulary
+from nmt.checkpoint import (
+    Checkpoint,
+    atomic_dir,
+    checkpoint_epoch,
+    load_checkpoint,
+    remove_leftovers,
+    resolve_dir,
+    write_model_files,
+)
+from nmt.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
+from nmt.data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
+from nmt.engines.teacher_forcing import TeacherForcing
+from nmt.errors import CheckpointError, DataError, NMTError
+from nmt.evaluation import corpus_scores
+from nmt.model.seq2seq import Seq2Seq
+from nmt.serving.translator import Translator, perplexity
+from nmt.training.loss import output_positions, sequence_loss
+from nmt.training.optim import make_optimizer, optimizer_from_safetensors, optimizer_to_safetensors, step_with_clipping
+from nmt.vocabulary import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE, RNG_FILE, STATE_FILE = "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
@@ -45,118 +55,6 @@ def pick_training_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but CUDA is not available")
     return torch.device(name)
-
-
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    optimizers = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
-                  "adadelta": torch.optim.Adadelta, "adam": torch.optim.Adam}
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(optimizers)}")
-    kwargs = {"foreach": True} if name != "adam" else {"fused": True}
-    return optimizers[name](params, lr=lr, **kwargs)
-
-
-class _SmoothedCrossEntropy(torch.autograd.Function):
-    """Label-smoothed cross-entropy over rows of logits, fused: one softmax pass backward.
-
-    Returns the summed loss and (not differentiable) the summed NLL. Built on log_softmax and
-    softmax, single fused kernels, where ``logsumexp`` on a CPU makes temporaries and is slower
-    (4.1 against 3.0 ms for log_softmax over (800, 6225) on an AMX Xeon).
-
-    Both run in the logits' own dtype: with bf16 logits (--amp) that halves the memory traffic
-    over the widest arrays of a step, and the gradient is bf16 anyway. The sums are taken in fp32."""
-
-    @staticmethod
-    def forward(ctx, logits, target, smoothing):  # logits (rows >= n, vocab), target (n,)
-        logp = torch.log_softmax(logits[: target.size(0)], dim=-1)
-        nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1).float()
-        loss = (1.0 - smoothing) * nll - smoothing * logp.mean(-1, dtype=torch.float32) if smoothing else nll
-        ctx.save_for_backward(logits, target)
-        ctx.smoothing = smoothing
-        nll_sum = nll.sum()
-        ctx.mark_non_differentiable(nll_sum)
-        return loss.sum(), nll_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_nll):
-        logits, target = ctx.saved_tensors
-        eps = ctx.smoothing
-        n = target.size(0)
-        grad = torch.softmax(logits, dim=-1)
-        if eps:
-            grad[:n].sub_(eps / logits.size(1))
-        grad[torch.arange(n, device=grad.device), target] -= 1.0 - eps
-        grad[n:] = 0.0  # rows that only round the shape
-        return grad.mul_(grad_loss), None, None
-
-
-def sequence_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed training loss (label-smoothed) and summed NLL over non-padding targets.
-    logits (batch, len, vocab) or already (rows, vocab); target (batch, len) or (tokens,).
-    Rows of ``logits`` beyond the targets' count (see ``output_positions``) get no loss and no gradient."""
-    mask = target != PAD_ID
-    if logits.dim() == 3:
-        logits = logits[mask]
-    return _SmoothedCrossEntropy.apply(logits, target[mask], smoothing)
-
-
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """The total norm of the gradients. On a CPU the squared norms are BLAS dot products, which
-    read a large gradient about twice as fast as ``torch.linalg.vector_norm`` (132 against 254 µs
-    for 2 M floats; 1.7 % of a training step of the reference model)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads and grads[0].device.type == "cpu":
-        return torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads]).sum().sqrt()
-    return torch.nn.utils.get_total_norm(grads)
-
-
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Rescale the gradients to a total norm of at most ``max_norm``; returns the norm before.
-    On a CPU the rescaling pass is skipped when the norm is already within bounds (reading the
-    norm costs nothing there; on a GPU it would be a host-device sync, so it always rescales)."""
-    total = grad_norm(params)
-    if total.device.type != "cpu" or not float(total) <= max_norm:  # (also NaN / inf)
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return total
-
-
-def step_with_clipping(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
-    """``optimizer.step()`` on the gradients rescaled to a total norm of at most ``max_norm``
-    (no clipping if it is 0). On a CPU, an optimizer whose step can divide the gradients by a
-    scale (fused Adam: ``grad_scale``, which AMP's GradScaler sets for its loss scale) takes the
-    rescaling inside its step, which saves a pass over the gradients (+1.6 % training steps)."""
-    if max_norm <= 0:
-        optimizer.step()
-        return
-    params = [p for p in params if p.grad is not None]
-    if not params or params[0].device.type != "cpu" or not getattr(optimizer, "_step_supports_amp_scaling", False):
-        clip_grad_norm(params, max_norm)
-        optimizer.step()
-        return
-    total = grad_norm(params)
-    if float(total) <= max_norm:
-        optimizer.step()
-        return
-    optimizer.grad_scale, optimizer.found_inf = total / max_norm, torch.zeros(())  # (also NaN / inf, as above)
-    try:
-        optimizer.step()
-    finally:
-        del optimizer.grad_scale, optimizer.found_inf
-
-
-def output_positions(mask: torch.Tensor, multiple: int = 1) -> torch.Tensor:
-    """Flat positions (rows,) in ``mask`` (batch, len) for the output layer: its True ones, then
-    as many False ones (padding) as round the count up to a ``multiple``, while there are any.
-
-    oneDNN builds a bf16 matrix product for every new shape it sees: about 28 ms for the output
-    layer's on a CPU, three times a batch (forward and backward) if every batch brought a new
-    token count. Rounding keeps the count of shapes small, so they are built once."""
-    flat = mask.flatten()
-    positions = flat.nonzero().squeeze(1)
-    extra = -positions.numel() % multiple
-    if extra:
-        positions = torch.cat([positions, (~flat).nonzero().squeeze(1)[:extra]])
-    return positions
 
 
 def check_cpu_bf16() -> None:
@@ -179,28 +77,6 @@ class TrainerState:
     history: list | None = None
 
 
-def _optimizer_to_safetensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, entries in sd["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                meta["state"].setdefault(str(pid), {})[key] = value
-    return tensors, meta
-
-
-def _optimizer_from_safetensors(tensors: dict, meta: dict) -> dict:
-    state: dict = {}
-    for name, value in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, entries in meta["state"].items():
-        state.setdefault(int(pid), {}).update(entries)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 class Trainer:
     def __init__(self, data: DataConfig, vocab: VocabConfig, model: ModelConfig, train: TrainConfig):
         self.data_cfg, self.vocab_cfg, self.model_cfg, self.cfg = data, vocab, model, train
@@ -213,6 +89,7 @@ class Trainer:
         self.row_multiple = 64 if self.amp and self.device.type == "cpu" else 1
         self._valid_translator: Translator | None = None
         self._epoch = 0  # the epoch whose weights the model holds (recorded in each checkpoint)
+        self.teacher_forcing = TeacherForcing()
         if train.threads:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
@@ -271,7 +148,7 @@ class Trainer:
         saved = json.loads((last / STATE_FILE).read_text())
         state = TrainerState(**saved["trainer"])
         self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), state.lr)
-        self.optimizer.load_state_dict(_optimizer_from_safetensors(load_file(str(last / OPTIMIZER_FILE)), saved["optimizer"]))
+        self.optimizer.load_state_dict(optimizer_from_safetensors(load_file(str(last / OPTIMIZER_FILE)), saved["optimizer"]))
         rng = load_file(str(last / RNG_FILE))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
@@ -337,7 +214,11 @@ class Trainer:
         """One update; returns the batch's summed loss and NLL as (detached) device scalars."""
         positions = output_positions(batch.tgt_out != PAD_ID, self.row_multiple)
         with self._autocast():
-            logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling, only=positions)
+            if TeacherForcing.supports(self.device, self.cfg.scheduled_sampling):  # (the CPU engine: same gradients)
+                logits, _ = self.teacher_forcing.forward(self.model, batch.src, batch.src_lengths, batch.tgt_in, positions)
+            else:
+                logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling,
+                                       only=positions)
         # (sequence_loss drops the padding targets of the rounding rows, which come last)
         loss, nll = sequence_loss(logits, batch.tgt_out.flatten()[positions], self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -393,7 +274,7 @@ class Trainer:
         return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra)
 
     def _save_last(self, state: TrainerState) -> None:
-        tensors, meta = _optimizer_to_safetensors(self.optimizer)
+        tensors, meta = optimizer_to_safetensors(self.optimizer)
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
 from huggingface_hub import ModelCard, ModelCardData
 
-from .checkpoint import Checkpoint
+from nmt.checkpoint import Checkpoint
 
 ATTENTION_NAMES = {
     "none": "no attention (the decoder sees only the encoder's final state)",

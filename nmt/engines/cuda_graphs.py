@@ -19,9 +19,17 @@ from collections import OrderedDict
 
 import torch
 
-from .search import (NEG_INF, History, Hypothesis, beam_topk, force_eos, max_lengths,
-                     results_from_history, select_rows)
-from .vocabulary import BOS_ID, EOS_ID
+from nmt.search.beam import (
+    NEG_INF,
+    History,
+    Hypothesis,
+    beam_topk,
+    force_eos,
+    max_lengths,
+    results_from_history,
+    select_rows,
+)
+from nmt.vocabulary import BOS_ID, EOS_ID
 
 
 class _Beams:

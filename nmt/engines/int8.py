@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from .model import Seq2Seq
+from nmt.model.seq2seq import Seq2Seq
 
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from .decoders import State
+from nmt.model.decoders import State
 
 
 class _Step(nn.Module):

@@ -1,14 +1,14 @@
-"""The attentional encoder-decoder."""
+"""The attentional encoder-decoder (Luong et al. 2015): encoder, decoder, generator."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .decoders import SENTENCE_KEYS, InputFeedDecoder, State
-from .embeddings import WordEmbeddings
-from .encoders import LSTMEncoder
+from nmt.config import ModelConfig
+from nmt.model.decoders import SENTENCE_KEYS, InputFeedDecoder, State
+from nmt.model.embeddings import WordEmbeddings
+from nmt.model.encoders import LSTMEncoder
 
 
 class Seq2Seq(nn.Module):
@@ -64,7 +64,7 @@ class Seq2Seq(nn.Module):
         state = self.encode(src, src_lengths)
         if sampling_prob <= 0:
             out, attn = self.decoder(tgt_in, state)
-            return self.generator(out if only is None else out.flatten(0, 1).index_select(0, only)), attn
+            return self.logits(out, only), attn
         logits, attns = [], []
         prev = tgt_in[:, 0]
         for t in range(tgt_in.size(1)):
@@ -77,6 +77,11 @@ class Seq2Seq(nn.Module):
         logits = torch.stack(logits, 1)
         logits = logits if only is None else logits.flatten(0, 1).index_select(0, only)
         return logits, torch.stack(attns, 1) if self.has_attention else None
+
+    def logits(self, out: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+        """The generator W_s h~ over decoder outputs (batch, tgt_len, hidden), or over the flat
+        positions ``only`` of them (Luong eq. 6 before its softmax)."""
+        return self.generator(out if only is None else out.flatten(0, 1).index_select(0, only))
 
     def step(self, tokens: torch.Tensor, state: State):
         """Search interface: previous tokens (batch,) -> log-probs (batch, vocab), attention, state."""

@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import MAX_PARAMETERS, Checkpoint, load_checkpoint
-from .config import DecodeConfig, from_dict
-from .data import pad
-from .errors import CheckpointError, NMTError
-from .graph_search import GraphedBeamSearch
-from .model import Seq2Seq
-from .quantization import quantize_int8
-from .search import Hypothesis, beam_search, greedy_search
-from .tokenization import get_tokenizer
-from .tracing import TracedSearchModel, take_trace_slot
-from .unk import Replacement, load_lexicon, replace_unk
-from .vocabulary import BOS_ID, EOS_ID, PAD_ID
+from nmt.checkpoint import MAX_PARAMETERS, Checkpoint, load_checkpoint
+from nmt.config import DecodeConfig, from_dict
+from nmt.data import pad
+from nmt.engines.cuda_graphs import GraphedBeamSearch
+from nmt.engines.int8 import quantize_int8
+from nmt.engines.tracing import TracedSearchModel, take_trace_slot
+from nmt.errors import CheckpointError, NMTError
+from nmt.model.seq2seq import Seq2Seq
+from nmt.search.beam import Hypothesis, beam_search, greedy_search
+from nmt.serving.unk import Replacement, load_lexicon, replace_unk
+from nmt.tokenization import get_tokenizer
+from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Translator:
              token: str | None = None, max_parameters: int = MAX_PARAMETERS) -> "Translator":
         """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``).
         Models with more than ``max_parameters`` are refused before their weights are read."""
-        from .hub import resolve_checkpoint
+        from nmt.hub import resolve_checkpoint
 
         folder = resolve_checkpoint(str(name_or_path), revision=revision, token=token)
         return cls(load_checkpoint(folder, max_parameters=max_parameters), device)

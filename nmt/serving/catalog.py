@@ -25,14 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ATTENTION_KINDS
-from .checkpoint import MAX_PARAMETERS, read_metrics
-from .errors import CheckpointError
-from .translator import Translator
+from nmt.checkpoint import MAX_PARAMETERS, read_metrics
+from nmt.config import ATTENTION_KINDS
+from nmt.errors import CheckpointError
+from nmt.serving.translator import Translator
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS_ENV, DATA_ENV = "NMT_CHECKPOINTS", "NMT_DATA"
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "multi30k"
 MAX_CACHED_MODELS = 8
@@ -128,7 +128,7 @@ def find(models: list[BundledModel], direction: str, attention: str) -> BundledM
 # ----------------------------------------------------------------------------- Hub ids
 def parse_hub_id(text: str) -> tuple[str, str | None]:
     """``user/name`` or ``user/name@revision`` -> ``(repo_id, revision or None)``; raises CheckpointError."""
-    from .hub import parse_repo_ref  # imports huggingface_hub: only when a Hub id is used
+    from nmt.hub import parse_repo_ref  # imports huggingface_hub: only when a Hub id is used
 
     text = (text or "").strip()
     if not text:
@@ -206,7 +206,7 @@ class ModelCache:
             return Translator.load(repo_id, revision=revision, device=self.device, max_parameters=self.max_parameters)
         finally:  # (a refused download may have left files too)
             if self.hub_cache_bytes is not None:
-                from .hub import prune_cache
+                from nmt.hub import prune_cache
 
                 with self._lock:
                     in_use = {key[1] for key in self._models if key[0] == "hub"}
@@ -220,7 +220,7 @@ CACHE = ModelCache(max_parameters=int(os.environ.get(MAX_PARAMETERS_ENV) or APP_
 # ----------------------------------------------------------------------------- metrics and the model card
 def summary(translator: Translator, name: str | None = None) -> dict:
     """What a model card shows: architecture, size, training data and settings, test scores."""
-    from .model_card import describe
+    from nmt.serving.model_card import describe
 
     ckpt = translator.checkpoint
     cfg = ckpt.model.cfg

@@ -1,4 +1,17 @@
-"""Global attention (Luong et al. 2015): dot, general, concat (Bahdanau/MLP) or none."""
+"""Global attention (Luong et al. 2015, section 3.1): dot, general or concat (Bahdanau et al. 2015).
+
+With h_t the decoder's top hidden state and h_s the encoder's output at source position s:
+
+    score(h_t, h_s) = h_t . h_s                        dot      (Luong eq. 8)
+                    = h_t . W_a h_s                    general  (Luong eq. 8)
+                    = v_a . tanh(W_a h_s + U_a h_t + b)  concat   (Bahdanau et al., Luong eq. 8)
+    a_t(s) = softmax_s score(h_t, h_s)                          (Luong eq. 7)
+    c_t    = sum_s a_t(s) h_s                                   (the context vector)
+    h~_t   = tanh(W_c [c_t; h_t])                               (Luong eq. 5, the attentional hidden state)
+
+The source side of the score (W_a h_s, or h_s for dot) is the same at every step: ``keys``
+computes it once per sentence.
+"""
 
 from __future__ import annotations
 
@@ -43,19 +56,17 @@ class GlobalAttention(nn.Module):
             return self.v(hidden).squeeze(-1)
         return torch.bmm(query, keys.transpose(1, 2))
 
-    def forward(self, query, memory, keys, mask, source=None):
+    def forward(self, query, memory, keys, mask):
         """query (rows, hidden), with rows = k consecutive queries (hypotheses) per sentence;
         memory (batch, src_len, mem); mask (batch, src_len) True = real token.
-        Returns the output (rows, hidden) and the weights (rows, src_len).
-        ``source``: in training on a CPU, dot and general attention's scores and context
-        (``nmt.step_gradients.SourceForSteps``; ``memory`` and ``keys`` are then its own)."""
+        Returns the attentional hidden state h~_t (rows, hidden) and the weights a_t (rows, src_len)."""
         batch, src_len = mask.shape
         q = query.view(batch, -1, query.size(-1))  # (batch, k, hidden)
-        if source is not None:
-            context, weights = source(q, mask)
-        else:
-            scores = self.scores(q, keys).masked_fill(~mask.unsqueeze(1), float("-inf"))
-            weights = torch.softmax(scores, dim=-1)  # (batch, k, src_len)
-            context = torch.bmm(weights, memory)  # (batch, k, mem)
-        output = torch.tanh(self.linear_out(torch.cat([context, q], dim=-1)))
-        return output.view(query.shape), weights.view(-1, src_len)
+        scores = self.scores(q, keys).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # (batch, k, src_len)
+        context = torch.bmm(weights, memory)  # (batch, k, mem)
+        return self.attentional_state(context, q).view(query.shape), weights.view(-1, src_len)
+
+    def attentional_state(self, context: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """h~_t = tanh(W_c [c_t; h_t]) from the context (..., mem) and the queries (..., hidden)."""
+        return torch.tanh(self.linear_out(torch.cat([context, q], dim=-1)))

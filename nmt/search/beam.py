@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .vocabulary import BOS_ID, EOS_ID
+from nmt.vocabulary import BOS_ID, EOS_ID
 
 NEG_INF = float("-inf")
 

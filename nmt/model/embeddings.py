@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dropout import Dropout
-from .vocabulary import PAD_ID
+from nmt.model.dropout import Dropout
+from nmt.vocabulary import PAD_ID
 
 
 class WordEmbeddings(nn.Module):

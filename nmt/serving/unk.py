@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError, NMTError
-from .safe_io import MIB, decode_lines, read_capped
-from .vocabulary import UNK
+from nmt.errors import DataError, NMTError
+from nmt.safe_io import MIB, decode_lines, read_capped
+from nmt.vocabulary import UNK
 
 MAX_LEXICON_BYTES = 64 * MIB
 
