@@ -39,9 +39,8 @@ MAX_SENTENCES = 20  # sentences per request (one heatmap slot each)
 MAX_WORDS = 100  # words per sentence
 MAX_BEAM = 10
 CONCURRENCY = 4  # requests translating at once; the others wait in the queue
-# int8 decoding on the CPU: one sentence at beam 5 about 3x faster than fp32 on a Zen 4, 1.85x on an
-# AMX Xeon with the traced step (BENCHMARKS.md); 41.09 instead of 40.98 BLEU on test_2016_flickr.
-# NMT_INT8=0: fp32.
+# int8 decoding on a CPU: the faster engine for one sentence, at the same BLEU up to rounding
+# (BENCHMARKS.md). NMT_INT8=0: fp32.
 INT8 = os.environ.get("NMT_INT8", "1") != "0"
 QUEUE_SIZE = 200
 MODELS = catalog.discover()

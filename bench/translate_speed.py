@@ -64,7 +64,8 @@ def main() -> None:
                                            inter_threads=args.inter_threads, **options)
             elapsed = time.perf_counter() - start
             bleu = f", BLEU {corpus_scores([r.text for r in results], refs).bleu:.2f}" if refs else ""
-            graphs = f", {translator._graphed.captures} graphs captured so far" if translator._graphed else ""
+            graphed = translator.engines.graphs
+            graphs = f", {graphed.captures} graphs captured so far" if graphed else ""
             print(f"beam {beam:2d} batch {batch:3d}{f' pass {run + 1}' if args.passes > 1 else ''}: "
                   f"{elapsed:6.2f} s, {len(sources) / elapsed:7.1f} sentences/s{bleu}{graphs}")
         if args.latency_sents < 2:

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nmt.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig
+from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig
 from nmt.errors import NMTError
 
 log = logging.getLogger("nmt")
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--src", required=True, help="source file (plain or .gz; '-' for standard input)")
         p.add_argument("--device", default="auto", help="cpu, cuda or auto")
         add_config_args(p, DecodeConfig, "decoding")
+        add_config_args(p, EngineConfig, "engine (how search runs; the same translations)")
         if name == "translate":
             p.add_argument("--output", default="-", help="output file ('-': standard output)")
             p.add_argument("--attention-out", default="", help="write tokens and attention per sentence (JSON lines)")
@@ -113,15 +114,15 @@ def _check_outputs(*paths: str) -> None:
 
 
 def cmd_translate(args) -> None:
-    from nmt.serving.translator import Translator, perplexity
+    from nmt.evaluation import perplexity
+    from nmt.serving.translator import Translator
 
     _check_outputs(args.output, args.attention_out)
-    cfg = config_from_args(DecodeConfig, args)
-    cfg.validate()
+    cfg, engine = _decoding(args)
     translator = Translator.load(args.model, device=args.device)
     sources = read_source(args.src)
     references = _read_references(args.score_gold, len(sources)) if args.score_gold else None
-    results = translator.translate(sources, **dataclasses.asdict(cfg))
+    results = translator.translate(sources, cfg, engine, lexicon=cfg.lexicon or None)
     with _output(args.output) as out:
         for i, r in enumerate(results):
             if cfg.n_best > 1:
@@ -142,6 +143,14 @@ def cmd_translate(args) -> None:
         print(f"GOLD: log-likelihood {total:.2f} over {n} tokens, perplexity {perplexity(total, n):.2f}", file=sys.stderr)
 
 
+def _decoding(args) -> tuple[DecodeConfig, EngineConfig]:
+    """The decoding and engine settings of the command line, checked before any work."""
+    cfg, engine = config_from_args(DecodeConfig, args), config_from_args(EngineConfig, args)
+    cfg.validate()
+    engine.validate()
+    return cfg, engine
+
+
 def _read_references(path: str, n: int) -> list[str]:
     from nmt.data import read_lines
     from nmt.errors import DataError
@@ -154,15 +163,14 @@ def _read_references(path: str, n: int) -> list[str]:
 
 def cmd_evaluate(args) -> None:
     from nmt.data import read_parallel
-    from nmt.evaluation import corpus_scores
-    from nmt.serving.translator import Translator, perplexity
+    from nmt.evaluation import corpus_scores, perplexity
+    from nmt.serving.translator import Translator
 
     _check_outputs(args.output)
-    cfg = config_from_args(DecodeConfig, args)
-    cfg.validate()
+    cfg, engine = _decoding(args)
     translator = Translator.load(args.model, device=args.device)
     sources, refs = read_parallel(args.src, args.ref)
-    results = translator.translate(sources, **dataclasses.asdict(cfg))
+    results = translator.translate(sources, cfg, engine, lexicon=cfg.lexicon or None)
     hyps = [r.text for r in results]
     if args.output:
         with _output(args.output) as out:

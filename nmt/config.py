@@ -117,7 +117,7 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    """Search settings for translation."""
+    """What search looks for (the checkpoint's ``decode`` defaults); how it runs is ``EngineConfig``."""
 
     beam_size: int = _help("beam size (1: greedy)", default=5)
     n_best: int = _help("hypotheses returned per sentence", default=1)
@@ -127,13 +127,6 @@ class DecodeConfig:
     replace_unk: bool = _help("replace <unk> by the most attended source word", default=False)
     lexicon: str = _help("'source ||| target' file used by --replace-unk", default="")
     batch_size: int = _help("sentences per batch", default=30)
-    int8: bool = _help("decode with int8 matrix layers (CPU; faster, slightly different scores)", default=False)
-    inter_threads: int = _help("batches searched at once on a CPU, sharing its threads (CTranslate2's "
-                               "inter_threads); the same translations", default=1)
-    trace: bool = _help("run the decoder step as a TorchScript trace on a CPU (less Python overhead); "
-                        "the same translations", default=True)
-    cuda_graphs: bool = _help("replay each search step as a CUDA graph on a GPU (one launch a step instead of "
-                              "dozens); the same translations", default=True)
 
     def validate(self) -> None:
         if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
@@ -149,6 +142,21 @@ class DecodeConfig:
             raise ValueError(f"--length-penalty must be between 0 and {MAX_LENGTH_PENALTY:g} (got {self.length_penalty})")
         if not 1 <= self.batch_size <= MAX_DECODE_BATCH:
             raise ValueError(f"the batch size must be between 1 and {MAX_DECODE_BATCH:,}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How search runs (nmt.engines): none of these changes a translation, but int8's rounding."""
+
+    int8: bool = _help("decode with int8 matrix layers (CPU; faster, slightly different scores)", default=False)
+    inter_threads: int = _help("batches searched at once on a CPU, sharing its threads (CTranslate2's "
+                               "inter_threads); the same translations", default=1)
+    trace: bool = _help("run the decoder step as a TorchScript trace on a CPU (less Python overhead); "
+                        "the same translations", default=True)
+    cuda_graphs: bool = _help("replay each search step as a CUDA graph on a GPU (one launch a step instead of "
+                              "dozens); the same translations", default=True)
+
+    def validate(self) -> None:
         if not 1 <= self.inter_threads <= MAX_INTER_THREADS:
             raise ValueError(f"inter_threads must be between 1 and {MAX_INTER_THREADS}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sacrebleu.metrics import BLEU, CHRF
@@ -26,3 +27,9 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> Scores:
     b = bleu.corpus_score(hypotheses, [references])
     c = chrf.corpus_score(hypotheses, [references])
     return Scores(b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature()))
+
+
+def perplexity(total_log_prob: float, n_tokens: int) -> float:
+    """exp of the mean negative log-likelihood; inf (not an OverflowError) for a diverged model."""
+    mean = -total_log_prob / max(1, n_tokens)
+    return math.exp(mean) if mean < 709.0 else math.inf  # (exp overflows a float beyond ~709.78)

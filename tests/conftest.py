@@ -11,16 +11,16 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NMT_PROGRESS", "0")
-os.environ.setdefault("NMT_MAX_TRACES", "100000")  # a test process makes many translators (see nmt/tracing.py)
+os.environ.setdefault("NMT_MAX_TRACES", "100000")  # a test process makes many translators (see nmt/engines/tracing.py)
 torch.set_num_threads(1)  # tiny models; also safe beside a training run
 
 from nmt.checkpoint import Checkpoint  # noqa: E402
 from nmt.config import ModelConfig  # noqa: E402
 from nmt.data import ParallelDataset  # noqa: E402
 from nmt.model.seq2seq import Seq2Seq  # noqa: E402
+from nmt.serving.translator import Translator  # noqa: E402
 from nmt.tokenization import get_tokenizer  # noqa: E402
 from nmt.training.loss import sequence_loss  # noqa: E402
-from nmt.serving.translator import Translator  # noqa: E402
 from nmt.vocabulary import Vocabulary  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"

@@ -1,4 +1,4 @@
-"""The Gradio demo: nmt.catalog and nmt.plots in-process, then app.py as a real server driven by gradio_client.
+"""The Gradio demo: nmt.serving.catalog and nmt.serving.plots in-process, then app.py as a real server driven by gradio_client.
 
 The server runs ``python app.py`` once for the module (a subprocess on a free port) over a catalog of tiny
 memorising models (tests/conftest.py) and a fake Hub (tests/hub_server.py) serving a model that emits <unk>.
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import PAIRS  # noqa: E402
 from hub_server import FakeHub  # noqa: E402
 
-from nmt.serving import catalog, plots  # noqa: E402
 from nmt.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from nmt.errors import CheckpointError  # noqa: E402
+from nmt.serving import catalog, plots  # noqa: E402
 from nmt.serving.translator import Translation, Translator  # noqa: E402
 from nmt.serving.unk import Replacement  # noqa: E402
 from nmt.vocabulary import UNK_ID  # noqa: E402
@@ -130,7 +130,7 @@ def figure_matrix(figure: dict) -> np.ndarray:
     return np.array(figure["data"][0]["z"], dtype=float)
 
 
-# ----------------------------------------------------------------------------- nmt.catalog and nmt.plots
+# ----------------------------------------------------------------------------- nmt.serving.catalog and nmt.serving.plots
 def write_config(folder: Path, src: str, tgt: str, attention: str, scores: dict | None = None) -> None:
     folder.mkdir(parents=True)
     config = {"format_version": 1, "src_lang": src, "tgt_lang": tgt, "model": {"attention": attention}}

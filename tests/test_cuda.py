@@ -12,13 +12,13 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import PAIRS
+from test_training import tiny_corpus, trainer
+
 from nmt.data import pad
 from nmt.engines.cuda_graphs import GraphedBeamSearch
-from nmt.search.beam import beam_search
+from nmt.search import beam_search
 from nmt.serving.translator import Translator
-from test_training import tiny_corpus, trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -111,13 +111,13 @@ def test_cuda_graph_search_equals_the_eager_search(tiny_translators, kind):
         kwargs = dict(beam_size=beam, n_best=n_best, length_penalty=alpha, replace_unk=False)
         graphed = gpu.translate(SOURCES, cuda_graphs=True, **kwargs)
         assert_same_translations(gpu.translate(SOURCES, cuda_graphs=False, **kwargs), graphed)
-    assert gpu._graphed is not None and gpu._graphed.captures >= 3
+    assert gpu.engines.graphs is not None and gpu.engines.graphs.captures >= 3
 
 
 def test_cuda_graphs_are_captured_once_per_shape(tiny_translator):
     gpu = on_gpu(tiny_translator)
     first = gpu.translate(SOURCES[:4])
-    graphed = gpu._graphed
+    graphed = gpu.engines.graphs
     captures = graphed.captures
     assert captures == 1
     assert_same_translations(first, gpu.translate(SOURCES[:4]))  # replayed from the start

@@ -18,15 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_training import tiny_corpus, trainer
 
-from nmt.serving import catalog
 from nmt.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
 from nmt.config import MAX_BEAM_SIZE, DecodeConfig
 from nmt.errors import CheckpointError, DataError
+from nmt.evaluation import perplexity
 from nmt.hub import parse_repo_ref, push_checkpoint
 from nmt.safe_io import checkpoint_file, decode_lines
-from nmt.serving.translator import Translator, perplexity
-from test_training import tiny_corpus, trainer
+from nmt.serving import catalog
+from nmt.serving.translator import Translator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,8 +177,8 @@ def test_an_output_is_written_whole_or_not_at_all(tiny_translator, folder, tmp_p
     out.write_text("previous\n")
     real = Translator.translate
 
-    def translate_then_fail(self, sentences, **kw):
-        results = real(self, sentences, **kw)
+    def translate_then_fail(self, sentences, *args, **kw):
+        results = real(self, sentences, *args, **kw)
         results[1] = None  # writing the second line fails
         return results
 

@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmt.search.beam import _best_candidates, _candidate_sums, beam_search, beam_topk, greedy_search
+from nmt.search import beam_search, greedy_search
+from nmt.search.topk import beam_topk, best_candidates, candidate_sums
 from nmt.vocabulary import BOS_ID, EOS_ID
 
 W1, W2 = 4, 5  # the toy vocabulary: 4 specials + two words
@@ -205,7 +206,7 @@ def test_beam_search_over_a_wide_vocabulary_matches_plain_topk(monkeypatch):
     src = torch.tensor([[7, 8, 9], [7, 8, 0]])
     lengths = torch.tensor([3, 2])
     fast = beam_search(Wide(), src, lengths, beam_size=5, n_best=3, length_penalty=1.0, max_len_a=1, max_len_b=2)
-    monkeypatch.setattr("nmt.search.beam.TOPK_BLOCK", 0)  # one plain topk
+    monkeypatch.setattr("nmt.search.topk.TOPK_BLOCK", 0)  # one plain topk
     plain = beam_search(Wide(), src, lengths, beam_size=5, n_best=3, length_penalty=1.0, max_len_a=1, max_len_b=2)
     for a, b in zip(fast, plain):
         assert [h.tokens for h in a] == [h.tokens for h in b]
@@ -249,7 +250,7 @@ def test_best_candidates_of_one_sentence_are_a_plain_topk(beam, vocab, k, seed, 
     if some_impossible:
         logp[logp < 0.5] = float("-inf")
         offsets[1::2] = float("-inf")
-    scores, beams, tokens = _best_candidates(logp, offsets, k, _candidate_sums(beam * vocab))
+    scores, beams, tokens = best_candidates(logp, offsets, k, candidate_sums(beam * vocab))
     expected, index = (offsets.unsqueeze(1) + logp).view(-1).topk(k)
     assert scores == expected.tolist()
     assert all(0 <= b < beam and 0 <= t < vocab for b, t in zip(beams, tokens))
@@ -257,3 +258,23 @@ def test_best_candidates_of_one_sentence_are_a_plain_topk(beam, vocab, k, seed, 
     possible = [s > float("-inf") for s in scores]
     assert [b for b, p in zip(beams, possible) if p] == [int(i) // vocab for i, p in zip(index, possible) if p]
     assert [t for t, p in zip(tokens, possible) if p] == [int(i) % vocab for i, p in zip(index, possible) if p]
+
+
+def test_the_history_records_every_steps_candidates_in_both_drivers():
+    """The record a beam tree is drawn from: at every step each sentence's 2K best candidates
+    (scores, rows they extend, tokens), the same from the lone-sentence driver as from the batched
+    one, and each open hypothesis is a candidate: the K best that do not end, in order."""
+    from nmt.search.history import History
+
+    model = ToyModel(random_table(torch.Generator().manual_seed(3), 6, V))
+    src, lengths, K = torch.tensor([[7, 8, 9], [7, 8, 0]]), torch.tensor([3, 2]), 3
+    alone, batched = History(), History()
+    beam_search(model, src[:1], lengths[:1], beam_size=K, history=alone)
+    beam_search(model, src, lengths, beam_size=K, check_every=100, history=batched)  # (no sentence dropped)
+    assert len(alone.candidates) == len(alone.tokens) > 1
+    for t, (scores, rows, tokens) in enumerate(alone.candidates):
+        b_scores, b_rows, b_tokens = (x[0].tolist() for x in batched.candidates[t])
+        assert (scores, rows, tokens) == (b_scores, b_rows, b_tokens)
+        going = [j for j in range(2 * K) if tokens[j] != EOS_ID][:K]
+        assert alone.tokens[t].tolist() == [tokens[j] for j in going]
+        assert alone.back[t].tolist() == [rows[j] for j in going]

@@ -7,13 +7,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from conftest import PAIRS, tiny_config
+
 from nmt.config import DecodeConfig
 from nmt.data import pad
-from nmt.model.seq2seq import Seq2Seq
-from nmt.search.beam import beam_search, greedy_search
+from nmt.engines.search_engine import Engines
 from nmt.engines.tracing import TracedSearchModel
+from nmt.model.seq2seq import Seq2Seq
+from nmt.search import beam_search, greedy_search
 from nmt.serving.translator import Translator
 
 SOURCES = [s for s, _ in PAIRS]
@@ -36,8 +37,8 @@ def test_traced_search_equals_eager_search(tiny_translators, kind, int8):
         eager = tr.translate(SOURCES, beam_size=beam, n_best=min(beam, 2), batch_size=batch, int8=int8, trace=False)
         traced = tr.translate(SOURCES, beam_size=beam, n_best=min(beam, 2), batch_size=batch, int8=int8, trace=True)
         same_translations(eager, traced)
-    assert isinstance(tr.search_model(int8, trace=True), TracedSearchModel)
-    assert tr.search_model(int8, trace=True).model is tr.search_model(int8)  # one int8 copy for both
+    assert isinstance(tr.engines.model_for(int8, trace=True), TracedSearchModel)
+    assert tr.engines.model_for(int8, trace=True).model is tr.engines.model_for(int8)  # one int8 copy for both
 
 
 @pytest.mark.parametrize("options", [dict(layers=2), dict(input_feed=False), dict(bridge=True, layers=2),
@@ -71,12 +72,8 @@ def test_a_model_in_training_mode_is_not_traced():
 
 def test_gpu_translators_search_with_the_eager_model(tiny_translator):
     """(Tracing is a CPU measure.) The device check is the only difference."""
-    tr = tiny_translator
-    tr.device, device = torch.device("cuda"), tr.device
-    try:
-        assert tr.search_model(False, trace=True) is tr.model
-    finally:
-        tr.device = device
+    engines = Engines(tiny_translator.model, torch.device("cuda"))
+    assert engines.model_for(False, trace=True) is tiny_translator.model
 
 
 def test_a_translator_follows_its_weights_changed_in_place(tiny_translator):
@@ -86,7 +83,7 @@ def test_a_translator_follows_its_weights_changed_in_place(tiny_translator):
     tokens = [translator.src_tok.tokenize(s) for s, _ in PAIRS[:4]]
     settings = DecodeConfig(beam_size=1, batch_size=64)
     before = translator.search_tokens(tokens, settings)
-    assert (False, True) in translator._search_models  # the traced step was made and is kept
+    assert (False, True) in translator.engines._models  # the traced step was made and is kept
     torch.manual_seed(0)
     with torch.no_grad():
         for p in translator.model.parameters():
@@ -106,7 +103,7 @@ def test_past_the_trace_limit_models_search_eagerly_with_the_same_results(tiny_t
     monkeypatch.setattr(tracing, "MAX_TRACES", 1)
     monkeypatch.setattr(tracing, "_traces_made", 0)
     first, second = Translator(ckpt, "cpu"), Translator(ckpt, "cpu")
-    assert isinstance(first.search_model(False, trace=True), TracedSearchModel)
-    assert second.search_model(False, trace=True) is second.model
+    assert isinstance(first.engines.model_for(False, trace=True), TracedSearchModel)
+    assert second.engines.model_for(False, trace=True) is second.model
     a, b = (t.translate(SOURCES, beam_size=4, n_best=2, trace=True) for t in (first, second))
     assert [[(c.text, c.score) for c in r.n_best] for r in a] == [[(c.text, c.score) for c in r.n_best] for r in b]

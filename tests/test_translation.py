@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import PAIRS
+
+from nmt.engines.search_engine import SearchEngine
 
 KINDS = ("none", "dot", "general", "concat")
 
@@ -20,9 +21,10 @@ def test_overfit_model_translates_its_training_pairs_exactly(tiny_translators, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_beam_one_is_greedy(tiny_translators, kind):
-    from nmt.search.beam import beam_search, greedy_search
-    from nmt.data import pad
     import torch
+
+    from nmt.data import pad
+    from nmt.search import beam_search, greedy_search
 
     tr = tiny_translators[kind]
     sents = ["Ein Hund spielt im Park.", "Die Frau trägt einen Hut.", "Zwei Kinder essen Gemüse am Strand."]
@@ -99,8 +101,8 @@ def test_int8_decoding_keeps_the_translations(tiny_translators):
     int8 = tr.translate(sents, beam_size=5, int8=True)
     assert [r.text for r in int8] == [r.text for r in fp32]
     assert [r.score for r in int8] == pytest.approx([r.score for r in fp32], abs=0.05)
-    assert "quantized" in type(tr.search_model(True).generator).__module__
-    assert tr.search_model(False) is tr.model  # the fp32 model is untouched
+    assert "quantized" in type(tr.engines.model_for(True).generator).__module__
+    assert tr.engines.model_for(False) is tr.model  # the fp32 model is untouched
 
 
 def test_batches_searched_at_once_give_the_same_translations(tiny_translators, monkeypatch):
@@ -108,8 +110,8 @@ def test_batches_searched_at_once_give_the_same_translations(tiny_translators, m
     tr = tiny_translators["general"]
     sents = [s for s, _ in PAIRS] * 3
     seen = []
-    search = tr._search
-    monkeypatch.setattr(tr, "_search", lambda *a: seen.append(torch.get_num_threads()) or search(*a))
+    search = SearchEngine.search
+    monkeypatch.setattr(SearchEngine, "search", lambda *a: seen.append(torch.get_num_threads()) or search(*a))
     threads = torch.get_num_threads()
     one = tr.translate(sents, beam_size=3, n_best=2, batch_size=2)
     seen.clear()

@@ -1,10 +1,8 @@
 """Dropout whose mask comes from ``torch.rand``.
 
-The same distribution as ``nn.Dropout`` (each unit zeroed with probability p, the others
-scaled by 1/(1-p)). On the CPU, PyTorch's dropout draws its mask with ``bernoulli_``, 2.5 to 3
-times slower than ``rand`` (a (64, 27, 256) mask, 2 threads: 4.5 against 1.8 ms on a Zen 4, 4.2
-against 1.4 ms on an AMX Xeon), so its forward and backward took twice as long (5.9 against
-2.9 ms on the Zen 4). The module has no parameters, so checkpoints are unchanged.
+The same distribution as ``nn.Dropout`` (each unit zeroed with probability p, the others scaled
+by 1/(1-p)). On a CPU, PyTorch's dropout draws its mask with ``bernoulli_``, several times slower
+than ``rand`` (BENCHMARKS.md). The module has no parameters, so checkpoints are unchanged.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ class LSTMEncoder(nn.Module):
             src = src.gather(1, idx)
         emb = self.embeddings(src)  # (batch, src_len, emb)
         lengths = lengths.cpu()
-        if bool((lengths == src.size(1)).all()):  # no padding (one sentence, say): packing only costs
-            memory, (h, c) = self.rnn(emb)       # time there (0.2 of 0.65 ms), with the same results
+        if bool((lengths == src.size(1)).all()):  # no padding (one sentence, say): packing would only
+            memory, (h, c) = self.rnn(emb)       # cost time there, with the same results
         else:
             packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
             out, (h, c) = self.rnn(packed)

@@ -29,13 +29,14 @@ from nmt.checkpoint import (
     resolve_dir,
     write_model_files,
 )
-from nmt.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
+from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
 from nmt.data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
+from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, DataError, NMTError
-from nmt.evaluation import corpus_scores
+from nmt.evaluation import corpus_scores, perplexity
 from nmt.model.seq2seq import Seq2Seq
-from nmt.serving.translator import Translator, perplexity
+from nmt.tokenization import get_tokenizer
 from nmt.training.loss import output_positions, sequence_loss
 from nmt.training.optim import make_optimizer, optimizer_from_safetensors, optimizer_to_safetensors, step_with_clipping
 from nmt.vocabulary import PAD_ID, Vocabulary
@@ -87,7 +88,7 @@ class Trainer:
             check_cpu_bf16()
         # Output rows per batch: a multiple of 64 for oneDNN's bf16 (see output_positions).
         self.row_multiple = 64 if self.amp and self.device.type == "cpu" else 1
-        self._valid_translator: Translator | None = None
+        self._valid_engines: Engines | None = None
         self._epoch = 0  # the epoch whose weights the model holds (recorded in each checkpoint)
         self.teacher_forcing = TeacherForcing()
         if train.threads:
@@ -237,19 +238,20 @@ class Trainer:
             total -= float(sequence_loss(logits, batch.tgt_out, 0.0)[1])
             tokens += batch.n_tgt_tokens
         n = self.cfg.valid_bleu_sents or len(self.valid_src_tok)
-        translator = self._validation_translator()
-        hyps = translator.search_tokens(self.valid_src_tok[:n], DecodeConfig(beam_size=1, batch_size=64))
-        texts = [translator.tgt_tok.detokenize(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
+        ids = [self.src_vocab.encode(tokens) for tokens in self.valid_src_tok[:n]]
+        hyps = self._validation_search().search_ids(ids, DecodeConfig(beam_size=1, batch_size=64))
+        detok = get_tokenizer(self.data_cfg.tgt_lang).detokenize
+        texts = [detok(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
         bleu = corpus_scores(texts, self.valid_raw_tgt[:n]).bleu
         self.model.train()
         return {"valid_ppl": perplexity(total, tokens), "valid_bleu": bleu}
 
-    def _validation_translator(self) -> Translator:
-        """Made once for the model (on a GPU it keeps the search's CUDA graphs from one
-        validation to the next: the same shapes, and they read the weights where they lie)."""
-        if self._valid_translator is None or self._valid_translator.model is not self.model:
-            self._valid_translator = Translator(self._checkpoint(), self.device)
-        return self._valid_translator
+    def _validation_search(self) -> SearchEngine:
+        """Made once for the model (it keeps a CPU trace, or on a GPU the search's CUDA graphs,
+        from one validation to the next: the same shapes, and they read the weights where they lie)."""
+        if self._valid_engines is None or self._valid_engines.model is not self.model:
+            self._valid_engines = Engines(self.model, self.device)
+        return self._valid_engines.get(EngineConfig())
 
     def _check_divergence(self, epoch: int, record: dict) -> None:
         """Stop, before anything of this epoch is saved, if training has diverged: a loss that is

@@ -1,4 +1,4 @@
-"""The fixed-shape beam search that CUDA graphs replay (nmt.graph_search), run eagerly on the
+"""The fixed-shape beam search that CUDA graphs replay (nmt.engines.cuda_graphs), run eagerly on the
 CPU: the same hypotheses, scores and attention as beam_search. The graphs themselves are tested
 in test_cuda.py (they need a GPU)."""
 
@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PAIRS, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_search import ToyModel, V, random_table
 
-from conftest import PAIRS, tiny_config
 from nmt.data import pad
 from nmt.engines.cuda_graphs import GraphedBeamSearch, fixed_beam_search
 from nmt.model.seq2seq import Seq2Seq
-from nmt.search.beam import beam_search
-from test_search import V, ToyModel, random_table
+from nmt.search import beam_search
 
 
 def assert_same(expected, got, exact: bool = True):

@@ -113,7 +113,7 @@ def test_nothing_of_a_batch_outlives_its_step(monkeypatch):
 
 @pytest.mark.parametrize("attention", ["general", "dot"])
 def test_one_layer_decoders_with_input_feeding_take_the_fused_step(attention, monkeypatch):
-    """Their whole step is one autograd node (nmt.step_gradients.FusedStep); the grid above
+    """Their whole step is one autograd node (nmt.engines.teacher_forcing.FusedStep); the grid above
     checks its outputs and gradients against autograd's."""
     calls = []
     apply = sg._FusedStep.apply

@@ -1,0 +1,138 @@
+"""The one place that picks how search runs: ``Engines(model, device).get(EngineConfig)``.
+
+A ``SearchEngine`` is resolved once per setting, from the device and an ``EngineConfig``:
+
+| engine       | device | setting                     | model searched                        |
+|--------------|--------|-----------------------------|---------------------------------------|
+| plain        | any    | (always available)          | the model                             |
+| int8         | CPU    | ``int8``                    | a copy with int8 matrix layers        |
+| tracing      | CPU    | ``trace`` (the default)     | its decoder step as a TorchScript trace |
+| CUDA graphs  | CUDA   | ``cuda_graphs`` (default)   | each beam step replayed as a graph    |
+
+Engines give the plain path's results (int8 up to its rounding). What search finds is set by a
+``DecodeConfig`` (beam, n-best, lengths), never by the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from nmt.config import DecodeConfig, EngineConfig
+from nmt.data import pad
+from nmt.engines.cuda_graphs import GraphedBeamSearch
+from nmt.engines.int8 import quantize_int8
+from nmt.engines.tracing import TracedSearchModel, take_trace_slot
+from nmt.errors import NMTError
+from nmt.model import Seq2Seq
+from nmt.search import Hypothesis, beam_search, greedy_search
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchEngine:
+    """Searches batches of source ids with one model on one device."""
+
+    model: object  # the search interface: encode, step, sentence_keys
+    device: torch.device
+    graphs: GraphedBeamSearch | None  # CUDA graphs, or None for the eager drivers
+    inter_threads: int = 1
+
+    def search(self, src: torch.Tensor, lengths: torch.Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+        """One padded batch (batch, src_len) on the engine's device."""
+        check_every = 1 if self.device.type == "cpu" else 4  # on a GPU each check is a host-device sync
+        if self.graphs is not None:  # (greedy is beam search with beam 1 there)
+            return self.graphs(src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty, cfg.max_len_a,
+                               cfg.max_len_b, check_every=check_every)
+        if cfg.beam_size == 1:
+            return greedy_search(self.model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, check_every)
+        return beam_search(self.model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
+                           cfg.max_len_a, cfg.max_len_b, check_every=check_every)
+
+    def search_ids(self, sentences: list[list[int]], cfg: DecodeConfig) -> list[list[Hypothesis]]:
+        """Every sentence (source ids; empty ones get no hypothesis), in batches of similar length;
+        order is kept. With ``inter_threads`` > 1 on a CPU, that many batches are searched at once,
+        each by its share of the threads: one batch's Python bookkeeping then overlaps another's
+        matrix products, where a single batch leaves the cores idle between small operations."""
+        order = sorted((i for i, s in enumerate(sentences) if s), key=lambda i: len(sentences[i]))
+        chunks = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
+
+        def search(chunk: list[int]) -> list[list[Hypothesis]]:
+            ids = [sentences[i] for i in chunk]
+            lengths = torch.tensor([len(x) for x in ids], device=self.device)
+            return self.search(pad(ids).to(self.device), lengths, cfg)
+
+        workers = min(self.inter_threads, len(chunks)) if self.device.type == "cpu" else 1
+        if workers > 1:
+            with intra_op_threads(max(1, torch.get_num_threads() // workers)), ThreadPoolExecutor(workers) as pool:
+                found = list(pool.map(search, chunks))
+        else:
+            found = [search(chunk) for chunk in chunks]
+        results: list[list[Hypothesis]] = [[] for _ in sentences]
+        for chunk, hyps in zip(chunks, found):
+            for i, hyp in zip(chunk, hyps):
+                results[i] = hyp
+        return results
+
+
+class Engines:
+    """The search engines of one model (in eval mode) on one device, each made once: the int8
+    copy, the traces and the CUDA graphs are shared by every setting that uses them. Thread-safe."""
+
+    def __init__(self, model: Seq2Seq, device: torch.device):
+        self.model, self.device = model, device
+        self._models: dict[tuple[bool, bool], object] = {}  # (int8, traced) -> search model
+        self.graphs: GraphedBeamSearch | None = None  # made at the first search with CUDA graphs
+        self._lock = threading.Lock()
+
+    def get(self, cfg: EngineConfig) -> SearchEngine:
+        cfg.validate()
+        if self.device.type == "cuda" and cfg.cuda_graphs and not cfg.int8:
+            return SearchEngine(self.model, self.device, self._graphed(), cfg.inter_threads)
+        return SearchEngine(self.model_for(cfg.int8, cfg.trace), self.device, None, cfg.inter_threads)
+
+    def model_for(self, int8: bool, trace: bool = False):
+        """The model to search with: the fp32 one or its int8 copy (CPU only), and on a CPU with
+        ``trace``, its step as a TorchScript trace (the same outputs)."""
+        if int8 and self.device.type != "cpu":
+            raise NMTError("int8 decoding runs on the CPU only")
+        # Only on a CPU (a GPU waits on kernel launches; untested there), and only a Seq2Seq, whose
+        # step has no Python branch on tensor values that a trace would freeze.
+        trace = trace and self.device.type == "cpu" and isinstance(self.model, Seq2Seq)
+        with self._lock:
+            if (int8, False) not in self._models:
+                self._models[int8, False] = quantize_int8(self.model) if int8 else self.model
+            if trace and (int8, True) not in self._models:
+                self._models[int8, True] = self._traced(self._models[int8, False])
+            return self._models[int8, trace]
+
+    @staticmethod
+    def _traced(plain):
+        if take_trace_slot():
+            return TracedSearchModel(plain)
+        logger.warning("this process has made the most traces it may (NMT_MAX_TRACES; TorchScript never frees "
+                       "one): searching with the eager step")  # (said at every load past the limit)
+        return plain
+
+    def _graphed(self) -> GraphedBeamSearch:
+        with self._lock:
+            if self.graphs is None:
+                self.graphs = GraphedBeamSearch(self.model)
+            return self.graphs
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """PyTorch's CPU thread count set to ``n`` for the duration (a process-wide setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
