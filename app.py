@@ -38,6 +38,10 @@ MAX_CHARS = 2000  # characters per request
 MAX_SENTENCES = 20  # sentences per request (one heatmap slot each)
 MAX_WORDS = 100  # words per sentence
 MAX_BEAM = 10
+# What one request may cost, whatever a (Hub) checkpoint's own decoding defaults say: output length
+# at most 3 x the source + 50 words, batches of 20 sentences, a target vocabulary of 200,000 words
+# (one step's scores: 20 sentences x beam 10 x 200,000 floats = 160 MB).
+MAX_LEN_A, MAX_LEN_B, MAX_BATCH, MAX_TGT_VOCAB = 3.0, 50, 20, 200_000
 CONCURRENCY = 4  # requests translating at once; the others wait in the queue
 # int8 decoding on a CPU: the faster engine for one sentence, at the same BLEU up to rounding
 # (BENCHMARKS.md). NMT_INT8=0: fp32.
@@ -151,8 +155,14 @@ def decode_options(translator: Translator, beam_size, n_best, replace_unk, lexic
     lexicon_path = _file_path(lexicon)
     if lexicon_path and not unk:
         notes.append("The lexicon is used only with UNK replacement, which is off.")
+    if len(translator.checkpoint.tgt_vocab) > MAX_TGT_VOCAB:
+        raise InputProblem(f"This model's target vocabulary has {len(translator.checkpoint.tgt_vocab):,} words; "
+                           f"this app serves models of up to {MAX_TGT_VOCAB:,}.")
+    defaults = translator.defaults
     return {"beam_size": beam, "n_best": min(wanted, beam), "replace_unk": unk,
-            "lexicon": lexicon_path if unk and lexicon_path else None}, notes
+            "lexicon": lexicon_path if unk and lexicon_path else None,
+            "max_len_a": min(defaults.max_len_a, MAX_LEN_A), "max_len_b": min(defaults.max_len_b, MAX_LEN_B),
+            "batch_size": min(defaults.batch_size, MAX_BATCH)}, notes
 
 
 def _file_path(value) -> str | None:
@@ -297,10 +307,10 @@ def model_card(direction: str | None = None, attention: str = "general", hub_id:
     except Exception as exc:
         logger.exception("model card failed")
         return f"*No model card:* internal error ({html.escape(f'{type(exc).__name__}: {exc}', quote=False)}).", None
-    metrics = catalog.read_metrics(translator.checkpoint.path)
-    if not metrics:
-        return card + "\n\n*No training curves: this checkpoint has no `metrics.jsonl`.*", None
-    return card, plots.training_curves_figure(metrics)
+    try:
+        return card, plots.training_curves_figure(catalog.read_metrics(translator.checkpoint.path))
+    except ValueError:  # (no readable epoch)
+        return card + "\n\n*No training curves: this checkpoint has no `metrics.jsonl` (or none readable).*", None
 
 
 # ----------------------------------------------------------------------------- rendering results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -23,9 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from nmt.config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
 from nmt.errors import CheckpointError
-from nmt.hub import PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
+from nmt.hub import LEXICON_FILE, PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
 from nmt.model.seq2seq import Seq2Seq
-from nmt.safe_io import KIB, MIB, checkpoint_file, decode_lines, read_capped
+from nmt.safe_io import KIB, MAX_LEXICON_BYTES, MIB, checkpoint_file, decode_lines, read_capped
 from nmt.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
     lexicon = checkpoint_file(folder, decode.lexicon, "lexicon (decode.lexicon)") if decode.lexicon else None
+    if lexicon is not None and not lexicon.is_file():
+        raise CheckpointError(f"{folder / CONFIG}: decode.lexicon names {decode.lexicon!r}, which is not a file of the "
+                              f"checkpoint (a checkpoint's lexicon is its {LEXICON_FILE})")
     optional = {"generator.weight"} if cfg.tie_embeddings else set()
     check_weights(folder / WEIGHTS, expected, optional, max_parameters)
     try:
@@ -207,6 +211,12 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     model.to(device).eval()
     return Checkpoint(model, src_vocab, tgt_vocab, _lang(config, "src_lang", "de", folder),
                       _lang(config, "tgt_lang", "en", folder), extra, folder, lexicon)
+
+
+def download_limits(max_parameters: int) -> dict[str, int]:
+    """The largest file of each name a checkpoint download may bring (see ``nmt.hub.resolve_checkpoint``)."""
+    return {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: 8 + MAX_HEADER_BYTES + 4 * max_parameters, SRC_VOCAB: MAX_VOCAB_BYTES,
+            TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, LEXICON_FILE: MAX_LEXICON_BYTES}
 
 
 def check_weights(path: Path, expected: dict[str, torch.Tensor], optional: set[str], max_parameters: int) -> None:
@@ -289,8 +299,20 @@ def read_metrics(folder: str | Path | None) -> list[dict]:
     for line in data.decode("utf-8", errors="replace").split("\n"):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), (int, float)):
-            records.append(record)
+        if isinstance(record, dict):
+            numbers = {k: _finite(v) for k, v in record.items()}  # (a checkpoint's numbers may be anything)
+            if numbers.get("epoch") is not None:
+                records.append({k: v for k, v in numbers.items() if v is not None})
     return sorted(records, key=lambda r: r["epoch"])
+
+
+def _finite(value) -> float | int | None:
+    """``value`` if it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def cmd_translate(args) -> None:
     translator = Translator.load(args.model, device=args.device)
     sources = read_source(args.src)
     references = _read_references(args.score_gold, len(sources)) if args.score_gold else None
-    results = translator.translate(sources, cfg, engine, lexicon=cfg.lexicon or None)
+    results = translator.translate(sources, cfg, engine)
     with _output(args.output) as out:
         for i, r in enumerate(results):
             if cfg.n_best > 1:
@@ -170,7 +171,7 @@ def cmd_evaluate(args) -> None:
     cfg, engine = _decoding(args)
     translator = Translator.load(args.model, device=args.device)
     sources, refs = read_parallel(args.src, args.ref)
-    results = translator.translate(sources, cfg, engine, lexicon=cfg.lexicon or None)
+    results = translator.translate(sources, cfg, engine)
     hyps = [r.text for r in results]
     if args.output:
         with _output(args.output) as out:
@@ -200,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # (a file the command names could not be read or written)
         print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: the message, and the traceback only with NMT_DEBUG=1
+        if os.environ.get("NMT_DEBUG") == "1":
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); NMT_DEBUG=1 shows where", file=sys.stderr)
         return 2
     return 0
 

@@ -188,7 +188,10 @@ def _checked(value: Any, default: Any, where: str) -> Any:
         ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
     elif isinstance(default, float):
         ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-        value = float(value) if ok else value
+        try:
+            value = float(value) if ok else value
+        except OverflowError:  # (JSON integers may have thousands of digits)
+            ok, kind = False, "a number of a float's range"
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:

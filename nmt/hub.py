@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "src.vocab", "tgt.vocab")
 LEXICON_FILE = "lexicon.txt"  # a checkpoint's own lexicon for UNK replacement (config: decode.lexicon)
-CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md", LEXICON_FILE)
+CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md", LEXICON_FILE)  # what push uploads
+DOWNLOAD_FILES = tuple(f for f in CHECKPOINT_FILES if f != "README.md")  # what loading reads
 # A branch, tag or commit id: git's ref characters, without '..', '//', or a leading or trailing '/'.
 _REVISION = re.compile(r"[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -66,13 +67,16 @@ def parse_repo_ref(name: str, revision: str | None = None) -> tuple[str, str | N
     return repo_id, revision
 
 
-def resolve_checkpoint(name_or_path: str, revision: str | None = None, token: str | None = None) -> Path:
+def resolve_checkpoint(name_or_path: str, revision: str | None = None, token: str | None = None,
+                       max_bytes: dict[str, int] | None = None, cache_dir: str | Path | None = None) -> Path:
     """A local checkpoint folder for ``name_or_path``: an existing directory, or a Hub repo downloaded to the cache.
 
     Hub repos are given as ``user/name`` or ``user/name@revision`` (a branch, tag or commit id), or with
-    ``revision=``. The repo's file list is checked first, so a repo holding a pickled checkpoint instead of
-    ``model.safetensors`` is refused before anything is downloaded. ``token`` defaults to ``HF_TOKEN`` or the
-    saved login. Offline (``HF_HUB_OFFLINE=1``, or the Hub unreachable), the cached copy is used if there is one.
+    ``revision=``. The repo's file list is checked first: a repo holding a pickled checkpoint instead of
+    ``model.safetensors``, or a file larger than its limit in ``max_bytes`` (file name -> bytes), is refused
+    before anything is downloaded, and the download must be of the commit that was checked. ``token``
+    defaults to ``HF_TOKEN`` or the saved login; ``cache_dir`` to the Hub's cache. Offline
+    (``HF_HUB_OFFLINE=1``, or the Hub unreachable), the cached copy is used if there is one.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -83,10 +87,14 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None, token: st
         raise CheckpointError(f"checkpoint folder {name_or_path} does not exist")
     repo_id, revision = parse_repo_ref(name_or_path, revision)
     try:
-        _check_remote_files(repo_id, revision, token)
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(CHECKPOINT_FILES), token=token))
+        commit = _check_remote_files(repo_id, revision, token, max_bytes or {})
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(DOWNLOAD_FILES),
+                                        token=token, cache_dir=cache_dir))
     except (httpx2.HTTPError, OSError, ValueError) as exc:  # Hub errors are OSErrors (HfHubHTTPError, offline...)
         raise _hub_error(exc, repo_id, revision, name_or_path) from exc
+    if commit is not None and folder.name != commit:  # (a snapshot folder is named by its commit)
+        raise CheckpointError(f"Hub repo {_where(repo_id, revision)} changed while it was being downloaded "
+                              f"(checked {commit[:12]}, got {folder.name[:12]}): try again")
 
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:  # only reachable from the cache (offline): the online listing checked this already
@@ -98,30 +106,39 @@ def _where(repo_id: str, revision: str | None) -> str:
     return f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
 
 
-def _check_remote_files(repo_id: str, revision: str | None, token: str | None) -> None:
-    """Refuse, before downloading, a repo lacking checkpoint files; offline or unreachable, leave it to the cache."""
+def _check_remote_files(repo_id: str, revision: str | None, token: str | None, max_bytes: dict[str, int]) -> str | None:
+    """The commit to download, once its files are checked: a repo lacking checkpoint files, or with a
+    file over its size limit, is refused. Offline or unreachable, None: the cache decides."""
     if constants.is_offline_mode():
-        return
+        return None
     where = _where(repo_id, revision)
     api = HfApi(token=token)
     try:
-        info = api.model_info(repo_id, revision=revision)
-        files = [s.rfilename for s in info.siblings] if info.siblings is not None else \
-            api.list_repo_files(repo_id, revision=revision)
+        commit = api.model_info(repo_id, revision=revision).sha
+        sizes = {entry.path: getattr(entry, "size", 0) or 0
+                 for entry in api.list_repo_tree(repo_id, revision=commit or revision, recursive=True)}
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise
     except (OfflineModeIsEnabled, httpx2.TransportError, HfHubHTTPError) as exc:  # 5xx, unreachable...
         logger.info("cannot list the files of %s (%s); trying the local cache", where, exc)
-        return
-    missing = [f for f in REQUIRED_FILES if f not in files]
-    if not missing:
-        return
-    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
-    hint = ""
-    if pickles:
-        hint = (f"; it holds a pickled checkpoint ({', '.join(pickles)}), which nmt never loads "
-                "(pickles can run arbitrary code): only safetensors checkpoints are supported")
-    raise CheckpointError(f"Hub repo {where} is not an nmt checkpoint: missing {', '.join(missing)}{hint}")
+        return None
+    _check_listing(where, sizes, max_bytes)
+    return commit
+
+
+def _check_listing(where: str, sizes: dict[str, int], max_bytes: dict[str, int]) -> None:
+    missing = [f for f in REQUIRED_FILES if f not in sizes]
+    if missing:
+        pickles = sorted(f for f in sizes if f.endswith(PICKLE_SUFFIXES))
+        hint = ""
+        if pickles:
+            hint = (f"; it holds a pickled checkpoint ({', '.join(pickles)}), which nmt never loads "
+                    "(pickles can run arbitrary code): only safetensors checkpoints are supported")
+        raise CheckpointError(f"Hub repo {where} is not an nmt checkpoint: missing {', '.join(missing)}{hint}")
+    too_big = [f"{name} ({sizes[name]:,} bytes, the limit is {max_bytes[name]:,})" for name in DOWNLOAD_FILES
+               if name in sizes and name in max_bytes and sizes[name] > max_bytes[name]]
+    if too_big:
+        raise CheckpointError(f"Hub repo {where} was not downloaded: {', '.join(too_big)}")
 
 
 def _hub_error(exc: Exception, repo_id: str, revision: str | None, name: str) -> CheckpointError:
@@ -200,12 +217,12 @@ def push_checkpoint(model_dir: str | Path, repo_id: str, private: bool = False, 
     return str(info.commit_url)
 
 
-def prune_cache(max_bytes: int, keep: set[str] = frozenset()) -> list[str]:
-    """Delete the least recently used model repos from the Hub download cache until it holds at most
-    ``max_bytes`` (repos in ``keep`` stay); returns the deleted repo ids. A server that downloads
-    whatever its visitors ask for would otherwise fill its disk."""
+def prune_cache(cache_dir: str | Path, max_bytes: int, keep: set[str] = frozenset()) -> list[str]:
+    """Delete the least recently used model repos from the Hub download cache ``cache_dir`` until it
+    holds at most ``max_bytes`` (repos in ``keep`` stay); returns the deleted repo ids. A server that
+    downloads whatever its visitors ask for would otherwise fill its disk; give it a cache of its own."""
     try:
-        cache = scan_cache_dir()
+        cache = scan_cache_dir(cache_dir)
     except (CacheNotFound, OSError, ValueError) as exc:  # (CacheNotFound: nothing downloaded yet)
         logger.debug("no Hub cache to prune (%s)", exc)
         return []

@@ -21,6 +21,7 @@ from typing import IO, Iterator
 from nmt.errors import CheckpointError, DataError
 
 KIB, MIB = 1024, 1024 * 1024
+MAX_LEXICON_BYTES = 64 * MIB  # a lexicon, a checkpoint's or a user's
 
 
 def checkpoint_file(folder: Path, name: str, what: str = "file") -> Path:
@@ -39,9 +40,13 @@ def checkpoint_file(folder: Path, name: str, what: str = "file") -> Path:
 
 
 def _allowed_roots(folder: Path) -> list[Path]:
-    roots = [folder.resolve()]
-    if folder.parent.name == "snapshots":  # a Hub cache snapshot: .../models--u--n/snapshots/<commit>/
-        roots.append((folder.parent.parent / "blobs").resolve())
+    """The folder, and for a Hub cache snapshot (``.../models--u--n/snapshots/<commit>/``) its repo's
+    ``blobs/``, if that is a real folder beside ``snapshots/`` (not a link that could point anywhere)."""
+    root = folder.resolve()
+    roots = [root]
+    blobs = root.parent.parent / "blobs"
+    if root.parent.name == "snapshots" and blobs.is_dir() and not blobs.is_symlink():
+        roots.append(blobs)
     return roots
 
 
@@ -84,12 +89,20 @@ def decode_lines(data: bytes, where: str, error: type = DataError) -> list[str]:
 @contextmanager
 def atomic_output(path: str | Path, what: str = "output file") -> Iterator[IO[str]]:
     """A text file that appears at ``path`` only once it is completely written (a temporary sibling,
-    renamed into place); on any error the temporary file is removed and ``path`` is left as it was."""
+    renamed into place, with the mode the file has or a new file would get); on any error the temporary
+    file is removed and ``path`` is left as it was. A symbolic link's target is the file replaced; a
+    device or a FIFO (``/dev/null``, ``/dev/stdout``) is written to directly."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: the {what} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        with _opened(path, what) as fh:
+            yield fh
+        return
+    path = path.resolve() if path.is_symlink() else path
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
     except OSError as exc:
         raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
     try:
@@ -104,6 +117,21 @@ def atomic_output(path: str | Path, what: str = "output file") -> Iterator[IO[st
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextmanager
+def _opened(path: Path, what: str) -> Iterator[IO[str]]:
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # (the only way to read it: set and restore)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: str) -> None:

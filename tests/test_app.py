@@ -68,6 +68,7 @@ def app_env(checkpoints: Path, tmp: Path, port: int, base: dict[str, str] | None
                 "PYTHONUNBUFFERED": "1"})
     env.setdefault("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     env.setdefault("HF_HOME", str(tmp / "hf_home"))
+    env.setdefault("NMT_HUB_CACHE_DIR", str(tmp / "app_hub_cache"))
     return env
 
 
@@ -286,6 +287,7 @@ def hostile_repos(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
         "mallory/card": repo(HOSTILE_CARD),
         "mallory/bad-lexicon": repo({"decode": {"lexicon": "lexicon.txt"}},
                                     **{"lexicon.txt": f"Hund ||| dog\n{SECRET}\n".encode()}),
+        "mallory/long": repo({"decode": {"max_len_a": 10.0, "max_len_b": 1000, "batch_size": 10000}}),
         "mallory/model-list": repo({"model": [1, 2]}),
         "mallory/decode-string": repo({"decode": "beam"}),
         "mallory/nested": {**files, "config.json": b"[" * 100_000 + b"]" * 100_000},
@@ -421,6 +423,12 @@ def test_a_checkpoint_lexicon_is_read_only_for_unk_replacement_and_never_echoed(
     _, replaced = translate(client, "Ein Hund läuft.", hub_id="mallory/bad-lexicon", unk=True, n_best=1)
     assert not replaced["ok"] and "line 2: expected 'source ||| target'" in replaced["error"]
     assert SECRET not in replaced["error"]
+
+
+def test_a_checkpoint_cannot_make_a_request_cost_more_than_the_app_allows(client):
+    _, result = translate(client, "Ein Hund läuft.", hub_id="mallory/long", n_best=1)
+    settings = result["settings"]
+    assert result["ok"] and (settings["max_len_a"], settings["max_len_b"], settings["batch_size"]) == (3.0, 50, 20)
 
 
 def test_a_hostile_model_card_comes_back_escaped(client):

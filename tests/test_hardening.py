@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from test_training import tiny_corpus, trainer
 
 from nmt.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
+from nmt.checkpoint import read_metrics as checkpoint_read_metrics
 from nmt.config import MAX_BEAM_SIZE, DecodeConfig
 from nmt.errors import CheckpointError, DataError
 from nmt.evaluation import perplexity
@@ -75,6 +77,38 @@ def test_a_hub_snapshot_may_link_into_its_own_blobs_only(tmp_path):
     assert checkpoint_file(snapshot, "config.json") == snapshot / "config.json"
     with pytest.raises(CheckpointError, match="links to a file outside"):
         checkpoint_file(snapshot, "src.vocab")
+
+
+def test_a_snapshot_whose_blobs_folder_is_a_link_gets_no_exception(tmp_path):
+    """Only a real ``blobs/`` beside ``snapshots/`` may hold a snapshot's files (a tarball can carry links)."""
+    (tmp_path / "secret.txt").write_text("Hund ||| SECRET\n")
+    repo = tmp_path / "evil"
+    (repo / "snapshots" / "ckpt").mkdir(parents=True)
+    (repo / "blobs").symlink_to("/")
+    (repo / "snapshots" / "ckpt" / "lexicon.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(CheckpointError, match="links to a file outside"):
+        checkpoint_file(repo / "snapshots" / "ckpt", "lexicon.txt")
+
+
+def test_a_lexicon_the_folder_lacks_is_refused_at_load(folder):
+    edit_config(folder, decode={"lexicon": "other.txt"})
+    with pytest.raises(CheckpointError, match="not a file of the checkpoint"):
+        load_checkpoint(folder)
+
+
+def test_numbers_beyond_a_float_are_a_clear_error(folder):
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"dropout": 0.0', '"dropout": 1' + "0" * 400))
+    with pytest.raises(CheckpointError, match="'model.dropout' must be a number of a float's range"):
+        load_checkpoint(folder)
+
+
+def test_hostile_metrics_and_scores_are_skipped(folder, tiny_translator):
+    (folder / "metrics.jsonl").write_text('{"epoch": true}\n{"epoch": 1, "train_loss": 1' + "0" * 400 + '}\n'
+                                          + "[" * 50_000 + "]" * 50_000 + '\n{"epoch": 2, "valid_ppl": 3.5}\n')
+    assert checkpoint_read_metrics(folder) == [{"epoch": 1}, {"epoch": 2, "valid_ppl": 3.5}]
+    edit_config(folder, scores={"bleu": 10**400, "chrf": True})
+    translator = Translator.load(folder)
+    assert catalog.test_bleu(translator) is None and "not measured" in catalog.card_markdown(catalog.summary(translator))
 
 
 def test_the_checkpoint_lexicon_is_read_only_for_unk_replacement_and_never_echoed(folder):
@@ -183,9 +217,38 @@ def test_an_output_is_written_whole_or_not_at_all(tiny_translator, folder, tmp_p
         return results
 
     monkeypatch.setattr(Translator, "translate", translate_then_fail)
-    with pytest.raises(AttributeError):
-        cli.main(["translate", "--model", str(folder), "--src", str(src), "--output", str(out)])
+    assert cli.main(["translate", "--model", str(folder), "--src", str(src), "--output", str(out)]) == 2
     assert out.read_text() == "previous\n" and not list(tmp_path.glob(".out.txt.*"))
+
+
+def test_outputs_keep_links_devices_and_modes(tmp_path):
+    from nmt.safe_io import atomic_output
+
+    real, link = tmp_path / "real.txt", tmp_path / "link.txt"
+    real.write_text("old\n")
+    real.chmod(0o640)
+    link.symlink_to(real)
+    with atomic_output(link) as fh:
+        fh.write("new\n")
+    assert link.is_symlink() and real.read_text() == "new\n" and real.stat().st_mode & 0o777 == 0o640
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = __import__("threading").Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    with atomic_output(fifo) as fh:  # (a device or FIFO is written to, never replaced)
+        fh.write("through\n")
+    reader.join(timeout=10)
+    assert got == ["through\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    with atomic_output(tmp_path / "fresh.txt") as fh:
+        fh.write("x\n")
+    assert (tmp_path / "fresh.txt").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------- 5. best/ under a kill
@@ -240,6 +303,22 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_lost(tmp_path, monkeypatch,
     monkeypatch.undo()
     assert cli.main([*args[:-1], "/proc/nmt-cannot-write-here"]) == 2
     assert "error: cannot create the save dir" in capsys.readouterr().err
+
+
+def test_an_untrained_model_is_not_taken_for_a_diverged_one(tmp_path):
+    files = tiny_corpus(tmp_path, n_train=40, n_valid=8)
+    t = trainer(files, tmp_path / "run", epochs=1)
+    t.cfg.learning_rate = 0.0  # (validation perplexity about the vocabulary's size)
+    assert t.run().exists()
+
+
+def test_an_unknown_or_absent_device_is_a_clear_error(folder, tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_text("Ein Hund.\n")
+    for device, message in [("nonsense", "unknown device 'nonsense'"), ("meta", "not supported")] + \
+            ([] if torch.cuda.is_available() else [("cuda", "CUDA is not available")]):
+        r = run_cli("translate", "--model", str(folder), "--src", str(src), "--device", device)
+        assert r.returncode == 2 and message in r.stderr.decode() and "Traceback" not in r.stderr.decode()
 
 
 def test_divergence_stops_training_and_is_never_best(tmp_path, capsys):

@@ -128,6 +128,37 @@ def test_missing_repo_and_missing_files(hub, tmp_path):
     assert downloads(hub) == []  # refused from the file listing: nothing fetched, the .bin least of all
 
 
+def test_files_over_their_limit_are_refused_before_any_download(hub, tmp_path):
+    files = checkpoint_files(tmp_path)
+    hub.add_repo("mallory/big", {**files, "metrics.jsonl": b"x" * 5000})
+    limits = {"model.safetensors": 10_000, "metrics.jsonl": 4096}
+    results = run_hub(hub.client_env(tmp_path / "hf"), resolve("mallory/big", max_bytes=limits),
+                      resolve("mallory/big", max_bytes={**limits, "model.safetensors": 10}))
+    assert "metrics.jsonl (5,000 bytes, the limit is 4,096)" in err(results[0])
+    assert "model.safetensors" in err(results[1]) and "was not downloaded" in err(results[1])
+    assert downloads(hub) == []
+
+
+def test_the_download_goes_to_the_cache_asked_for_without_the_model_card(hub, tmp_path):
+    files = checkpoint_files(tmp_path)
+    sha = hub.add_repo("alice/tiny", {**files, "README.md": b"# a card\n"})
+    [result] = run_hub(hub.client_env(tmp_path / "hf"), resolve("alice/tiny", cache_dir=str(tmp_path / "own")))
+    assert ok(result).name == sha and (tmp_path / "own") in ok(result).parents and not (tmp_path / "hf").exists()
+    assert not (ok(result) / "README.md").exists()
+    assert downloads(hub)
+
+
+def test_pruning_deletes_the_least_recently_used_repos_of_its_own_cache(hub, tmp_path):
+    for name in ("alice/a", "alice/b", "alice/c"):
+        hub.add_repo(name, checkpoint_files(tmp_path, name[-1] * 50))
+    own = str(tmp_path / "own")
+    calls = [resolve(name, cache_dir=own) for name in ("alice/a", "alice/b", "alice/c")]
+    results = run_hub(hub.client_env(tmp_path / "hf"), *calls,
+                      ("prune_cache", {"cache_dir": own, "max_bytes": 1, "keep": ["alice/c"]}))
+    assert results[3]["result"] == str(["alice/a", "alice/b"])
+    assert not ok(results[0]).exists() and ok(results[2]).exists()
+
+
 def test_malformed_names_never_reach_the_hub(hub, tmp_path):
     names = ["a/b/c", "bad repo/x", "-x/y", "user/na..me", "user/name@", "justaname", "./missing-folder"]
     results = run_hub(hub.client_env(tmp_path / "hf"), *(resolve(n) for n in names))
@@ -212,8 +243,9 @@ def test_push_then_download(hub, tmp_path):
     assert again.get("result") == push["result"], again  # nothing changed: no new commit
     remote = hub.repo_files("bob/tiny")
     assert {k: v for k, v in remote.items() if k != ".gitattributes"} == files
-    assert read_folder(ok(pulled)) == files
-    assert hub.repo_files("bob/tiny", "exp") == remote and read_folder(ok(pulled_branch)) == files
+    loaded = {k: v for k, v in files.items() if k != "README.md"}  # (the card is pushed, not downloaded: nothing reads it)
+    assert read_folder(ok(pulled)) == loaded
+    assert hub.repo_files("bob/tiny", "exp") == remote and read_folder(ok(pulled_branch)) == loaded
     assert "result" in branch
     assert not [p for m, p in hub.requests if "lfs" in p or "xet" in p]
 

@@ -5,7 +5,7 @@ folder). This module finds them by reading their ``config.json`` only (no weight
 :class:`~nmt.Translator` objects once and caches them (thread-safe), parses Hub ids
 (``user/name@revision``), reads ``metrics.jsonl`` and summarises a model for its card. Usable from a script::
 
-    from nmt import catalog
+    from nmt.serving import catalog
     models = catalog.discover()
     translator = catalog.CACHE.bundled(models[0])
     print(catalog.card_markdown(catalog.summary(translator)))
@@ -17,6 +17,7 @@ import gzip
 import html
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ MAX_CACHED_MODELS = 8
 # 40x the bundled ones), and a Hub download cache pruned to this size.
 MAX_PARAMETERS_ENV, APP_MAX_PARAMETERS = "NMT_MAX_PARAMETERS", 50_000_000
 HUB_CACHE_ENV, APP_HUB_CACHE_MB = "NMT_HUB_CACHE_MB", 2000
+HUB_CACHE_DIR_ENV = "NMT_HUB_CACHE_DIR"  # the app's own download cache (never the user's Hub cache)
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech"}
 FALLBACK_EXAMPLES = {
     "de": ["Ein Hund läuft über die Wiese.", "Zwei Männer spielen Fußball im Park.",
@@ -67,8 +69,7 @@ class BundledModel:
 
     @property
     def bleu(self) -> float | None:
-        value = self.scores.get("bleu")
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return _number(self.scores.get("bleu"))
 
     @property
     def label(self) -> str:
@@ -148,10 +149,13 @@ class ModelCache:
     """
 
     def __init__(self, capacity: int = MAX_CACHED_MODELS, device: str | None = None,
-                 max_parameters: int = MAX_PARAMETERS, hub_cache_bytes: int | None = None):
+                 max_parameters: int = MAX_PARAMETERS, hub_cache_dir: str | Path | None = None,
+                 hub_cache_bytes: int | None = None):
         self.capacity, self.device = capacity, device  # device None: CUDA when present
-        self.max_parameters = max_parameters  # larger models are refused before their weights are read
-        self.hub_cache_bytes = hub_cache_bytes  # the Hub download cache is pruned to this after each download
+        self.max_parameters = max_parameters  # larger models are refused before their weights are downloaded
+        # Hub downloads go to ``hub_cache_dir`` (None: the Hub's own cache), which is pruned to
+        # ``hub_cache_bytes`` after each Hub load; only a cache of this object's own is pruned.
+        self.hub_cache_dir, self.hub_cache_bytes = hub_cache_dir, hub_cache_bytes
         self.loads = 0  # how many models were actually loaded (for tests and logs)
         self._models: OrderedDict[tuple, Translator] = OrderedDict()
         self._loading: dict[tuple, threading.Lock] = {}
@@ -203,17 +207,19 @@ class ModelCache:
 
     def _load_hub(self, repo_id: str, revision: str | None) -> Translator:
         try:
-            return Translator.load(repo_id, revision=revision, device=self.device, max_parameters=self.max_parameters)
-        finally:  # (a refused download may have left files too)
-            if self.hub_cache_bytes is not None:
+            return Translator.load(repo_id, revision=revision, device=self.device, max_parameters=self.max_parameters,
+                                   cache_dir=self.hub_cache_dir)
+        finally:  # (a failed load may have left files too)
+            if self.hub_cache_dir is not None and self.hub_cache_bytes is not None:
                 from nmt.hub import prune_cache
 
-                with self._lock:
-                    in_use = {key[1] for key in self._models if key[0] == "hub"}
-                prune_cache(self.hub_cache_bytes, keep=in_use | {repo_id})
+                with self._lock:  # loaded or loading: in use
+                    in_use = {key[1] for key in [*self._models, *self._loading] if key[0] == "hub"}
+                prune_cache(self.hub_cache_dir, self.hub_cache_bytes, keep=in_use | {repo_id})
 
 
 CACHE = ModelCache(max_parameters=int(os.environ.get(MAX_PARAMETERS_ENV) or APP_MAX_PARAMETERS),
+                   hub_cache_dir=os.environ.get(HUB_CACHE_DIR_ENV) or Path.home() / ".cache" / "nmt-app" / "hub",
                    hub_cache_bytes=int(os.environ.get(HUB_CACHE_ENV) or APP_HUB_CACHE_MB) * 1_000_000)
 
 
@@ -238,8 +244,18 @@ def summary(translator: Translator, name: str | None = None) -> dict:
 
 def test_bleu(translator: Translator) -> float | None:
     """The test BLEU a checkpoint records (``scores.bleu``), if it is a number."""
-    value = _section(translator.checkpoint.extra, "scores").get("bleu")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return _number(_section(translator.checkpoint.extra, "scores").get("bleu"))
+
+
+def _number(value) -> float | None:
+    """``value`` as a float if it is a finite number (a checkpoint's scores may be anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _section(extra: dict, key: str) -> dict:
@@ -266,7 +282,7 @@ def _training_settings(extra: dict) -> dict:
 def plain(value) -> str:
     """``value`` as inert Markdown text: what a checkpoint says (file names, settings, scores) can
     hold HTML or Markdown links; escaped, it shows as the characters it is, for browsers and API clients."""
-    text = html.escape(str(value), quote=True)
+    text = html.escape(" ".join(str(value).split()), quote=True)  # (one line: no Markdown block from a newline)
     return "".join(f"&#{ord(c)};" if c in _MARKDOWN_SPECIALS else c for c in text)
 
 
@@ -308,11 +324,12 @@ def _data_text(info: dict) -> str:
 
 
 def _scores_text(scores: dict) -> str:
-    if not isinstance(scores.get("bleu"), (int, float)):
+    bleu, chrf = _number(scores.get("bleu")), _number(scores.get("chrf"))
+    if bleu is None:
         return "not measured (no `scores` in this checkpoint's config.json)."
-    text = f"BLEU **{scores['bleu']:.2f}**"
-    if isinstance(scores.get("chrf"), (int, float)):
-        text += f", chrF {scores['chrf']:.2f}"
+    text = f"BLEU **{bleu:.2f}**"
+    if chrf is not None:
+        text += f", chrF {chrf:.2f}"
     return text + (f" on {plain(scores['test_set'])}" if scores.get("test_set") else "") + "."
 
 

@@ -2,7 +2,8 @@
 
 Both work on plain ``nmt`` objects, so a script or notebook can draw them without the app::
 
-    from nmt import Translator, plots
+    from nmt import Translator
+    from nmt.serving import plots
     [t] = Translator.load("checkpoints/de-en-general").translate(["Ein Hund läuft."])
     plots.attention_figure(t).show()
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.checkpoint import MAX_PARAMETERS, Checkpoint, load_checkpoint
+from nmt.checkpoint import MAX_PARAMETERS, Checkpoint, download_limits, load_checkpoint
 from nmt.config import DecodeConfig, EngineConfig, from_dict
 from nmt.data import pad
+from nmt.device import pick_device
 from nmt.engines.search_engine import Engines
 from nmt.errors import CheckpointError, NMTError
+from nmt.safe_io import checkpoint_file
 from nmt.search import Hypothesis
 from nmt.serving.unk import Replacement, load_lexicon, replace_unk
 from nmt.tokenization import get_tokenizer
@@ -42,12 +44,6 @@ class Translation:
     replacements: list[Replacement] = field(default_factory=list)
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class Translator:
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None):
         self.checkpoint = checkpoint
@@ -65,12 +61,15 @@ class Translator:
 
     @classmethod
     def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
-             token: str | None = None, max_parameters: int = MAX_PARAMETERS) -> "Translator":
-        """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``).
-        Models with more than ``max_parameters`` are refused before their weights are read."""
+             token: str | None = None, max_parameters: int = MAX_PARAMETERS,
+             cache_dir: str | Path | None = None) -> "Translator":
+        """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``),
+        downloaded to ``cache_dir`` (default: the Hub's cache). Models with more than ``max_parameters``
+        are refused before their weights are downloaded or read."""
         from nmt.hub import resolve_checkpoint
 
-        folder = resolve_checkpoint(str(name_or_path), revision=revision, token=token)
+        folder = resolve_checkpoint(str(name_or_path), revision=revision, token=token,
+                                    max_bytes=download_limits(max_parameters), cache_dir=cache_dir)
         return cls(load_checkpoint(folder, max_parameters=max_parameters), device)
 
     @property
@@ -85,13 +84,14 @@ class Translator:
 
     def translate(self, sentences: list[str], config: DecodeConfig | None = None, engine: EngineConfig | None = None,
                   lexicon: dict[str, str] | str | Path | None = None, **overrides) -> list[Translation]:
-        """Translate raw sentences with ``config`` (default: the checkpoint's ``decode`` settings),
-        run by ``engine`` (default: ``EngineConfig()``); keyword ``overrides`` name fields of either
-        (``beam_size=10``, ``int8=True``). ``lexicon``: for UNK replacement, a dict or a file path."""
+        """Translate raw sentences with ``config`` (default: the checkpoint's ``decode`` settings; one
+        given replaces them all), run by ``engine`` (default: ``EngineConfig()``); keyword ``overrides``
+        change single fields of either (``beam_size=10``, ``int8=True``). ``lexicon``: for UNK
+        replacement, a dict or a file path (default: ``config.lexicon``, else the checkpoint's own)."""
         cfg, engine_cfg = self._configs(config, engine, overrides)
         if cfg.replace_unk and not self.has_attention:
             raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
-        lexicon = self.lexicon_for(lexicon) if cfg.replace_unk else None
+        lexicon = self.lexicon_for(cfg.lexicon or None if lexicon is None else lexicon) if cfg.replace_unk else None
         src_tokens = [self.src_tok.tokenize(s) for s in sentences]
         hyps = self.search_tokens(src_tokens, cfg, engine_cfg)
         return [self._result(s, toks, h, cfg, lexicon) for s, toks, h in zip(sentences, src_tokens, hyps)]
@@ -117,7 +117,9 @@ class Translator:
             return None
         with self._lock:
             if self._lexicon is None:  # untrusted like the rest of the checkpoint: its lines are never echoed
-                self._lexicon = load_lexicon(self.checkpoint.lexicon, echo=False, error=CheckpointError)
+                path = self.checkpoint.lexicon  # (checked again now: the folder may have changed since loading)
+                checkpoint_file(path.parent, path.name, "lexicon (decode.lexicon)")
+                self._lexicon = load_lexicon(path, echo=False, error=CheckpointError)
             return self._lexicon
 
     def search_tokens(self, src_tokens: list[list[str]], cfg: DecodeConfig,

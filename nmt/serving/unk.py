@@ -8,10 +8,8 @@ from pathlib import Path
 import torch
 
 from nmt.errors import DataError, NMTError
-from nmt.safe_io import MIB, decode_lines, read_capped
+from nmt.safe_io import MAX_LEXICON_BYTES, decode_lines, read_capped
 from nmt.vocabulary import UNK
-
-MAX_LEXICON_BYTES = 64 * MIB
 
 
 @dataclass

@@ -31,6 +31,7 @@ from nmt.checkpoint import (
 )
 from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
 from nmt.data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
+from nmt.device import pick_device
 from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, DataError, NMTError
@@ -44,18 +45,11 @@ from nmt.vocabulary import PAD_ID, Vocabulary
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE, RNG_FILE, STATE_FILE = "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
 DIVERGENCE_CHECK_EVERY = 50  # batches between looks at the running loss
+DIVERGED_PPL_FACTOR = 10  # validation perplexity above this times the target vocabulary's size: diverged
 
 
 class TrainingDiverged(NMTError):
     """The loss stopped being finite, or validation is worse than a uniform guess."""
-
-
-def pick_training_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def check_cpu_bf16() -> None:
@@ -82,7 +76,7 @@ class Trainer:
     def __init__(self, data: DataConfig, vocab: VocabConfig, model: ModelConfig, train: TrainConfig):
         self.data_cfg, self.vocab_cfg, self.model_cfg, self.cfg = data, vocab, model, train
         self.save_dir = Path(train.save_dir)
-        self.device = pick_training_device(train.device)
+        self.device = pick_device(train.device)
         self.amp = train.amp if train.amp is not None else self.device.type == "cuda"
         if self.amp and self.device.type == "cpu":
             check_cpu_bf16()
@@ -136,7 +130,7 @@ class Trainer:
         last = resolve_dir(run_dir / "last")
         if not (last / STATE_FILE).is_file():
             raise CheckpointError(f"{run_dir}: no resumable checkpoint (expected {last / STATE_FILE})")
-        ckpt = load_checkpoint(last, self.device)
+        ckpt = load_checkpoint(last, self.device, max_parameters=math.inf)  # (a run of one's own: no size limit)
         self.model, self.model_cfg = ckpt.model.train(), ckpt.model.cfg
         # The run continues with its own settings; the command only sets epochs, device and threads.
         saved_train = from_dict(TrainConfig, ckpt.extra["train"])
@@ -168,8 +162,8 @@ class Trainer:
         best = resolve_dir(self.save_dir / "best")
         if checkpoint_epoch(best) == state.best_epoch:
             return
-        if state.best_epoch != state.epoch:
-            log.warning("%s does not hold epoch %d, the best, and it cannot be rebuilt", best, state.best_epoch)
+        if state.best_epoch != state.epoch:  # (also a run from before checkpoints recorded their epoch)
+            log.info("cannot check that %s holds epoch %d, the best, against last/", best, state.best_epoch)
             return
         log.warning("%s did not hold epoch %d, the best (a write was interrupted): rewriting it from last/",
                     best, state.best_epoch)
@@ -255,16 +249,17 @@ class Trainer:
 
     def _check_divergence(self, epoch: int, record: dict) -> None:
         """Stop, before anything of this epoch is saved, if training has diverged: a loss that is
-        not finite, or a validation perplexity above the target vocabulary's size (worse than
-        guessing every word uniformly)."""
+        not finite, or a validation perplexity ten times that of a uniform guess over the target
+        words (an untrained model is about as good as that guess; a diverged one is astronomically worse)."""
         if not math.isfinite(record["train_loss"]):
             raise self._diverged(epoch, f"the training loss is {record['train_loss']}")
-        if not record["valid_ppl"] <= len(self.tgt_vocab):
-            raise self._diverged(epoch, f"the validation perplexity is {record['valid_ppl']:.3g}, worse than a uniform "
-                                        f"guess over the {len(self.tgt_vocab):,} target words")
+        if not record["valid_ppl"] <= DIVERGED_PPL_FACTOR * len(self.tgt_vocab):
+            raise self._diverged(epoch, f"the validation perplexity is {record['valid_ppl']:.3g}, more than "
+                                        f"{DIVERGED_PPL_FACTOR} times a uniform guess over the "
+                                        f"{len(self.tgt_vocab):,} target words")
 
     def _diverged(self, epoch: int, what: str) -> TrainingDiverged:
-        kept = f"{self.save_dir}/last and best hold epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
+        kept = f"{self.save_dir}/last holds epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
         return TrainingDiverged(f"training diverged in epoch {epoch}: {what}. Nothing of this epoch was saved "
                                 f"({kept}). Train again with a lower --learning-rate "
                                 f"(this run: {self.cfg.learning_rate:g}) or a smaller --max-grad-norm.")
