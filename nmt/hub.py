@@ -74,7 +74,7 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None, token: st
     Hub repos are given as ``user/name`` or ``user/name@revision`` (a branch, tag or commit id), or with
     ``revision=``. The repo's file list is checked first: a repo holding a pickled checkpoint instead of
     ``model.safetensors``, or a file larger than its limit in ``max_bytes`` (file name -> bytes), is refused
-    before anything is downloaded, and the download must be of the commit that was checked. ``token``
+    before anything is downloaded, and the download is of the commit that was checked. ``token``
     defaults to ``HF_TOKEN`` or the saved login; ``cache_dir`` to the Hub's cache. Offline
     (``HF_HUB_OFFLINE=1``, or the Hub unreachable), the cached copy is used if there is one.
     """
@@ -88,18 +88,26 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None, token: st
     repo_id, revision = parse_repo_ref(name_or_path, revision)
     try:
         commit = _check_remote_files(repo_id, revision, token, max_bytes or {})
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(DOWNLOAD_FILES),
+        folder = Path(snapshot_download(repo_id, revision=commit or revision, allow_patterns=list(DOWNLOAD_FILES),
                                         token=token, cache_dir=cache_dir))
+        if commit is not None and revision != commit:
+            _remember_ref(folder, revision or constants.DEFAULT_REVISION, commit)
     except (httpx2.HTTPError, OSError, ValueError) as exc:  # Hub errors are OSErrors (HfHubHTTPError, offline...)
         raise _hub_error(exc, repo_id, revision, name_or_path) from exc
-    if commit is not None and folder.name != commit:  # (a snapshot folder is named by its commit)
-        raise CheckpointError(f"Hub repo {_where(repo_id, revision)} changed while it was being downloaded "
-                              f"(checked {commit[:12]}, got {folder.name[:12]}): try again")
 
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:  # only reachable from the cache (offline): the online listing checked this already
         raise CheckpointError(f"the cached copy of Hub repo {_where(repo_id, revision)} lacks {', '.join(missing)}")
     return folder
+
+
+def _remember_ref(snapshot: Path, revision: str, commit: str) -> None:
+    """Record in the cache that ``revision`` is ``commit`` (``refs/<revision>``, the cache's documented
+    layout), as a download by that name would: the download was of the commit itself, the one whose
+    files were checked, so that the repo cannot change between the check and the download."""
+    refs = snapshot.parent.parent / "refs" / revision
+    refs.parent.mkdir(parents=True, exist_ok=True)
+    refs.write_text(commit)
 
 
 def _where(repo_id: str, revision: str | None) -> str:

@@ -102,8 +102,13 @@ def atomic_output(path: str | Path, what: str = "output file") -> Iterator[IO[st
     path = path.resolve() if path.is_symlink() else path
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+    try:
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
     except OSError as exc:
+        os.close(fd)
+        _remove(tmp)
         raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:

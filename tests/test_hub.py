@@ -145,7 +145,7 @@ def test_the_download_goes_to_the_cache_asked_for_without_the_model_card(hub, tm
     [result] = run_hub(hub.client_env(tmp_path / "hf"), resolve("alice/tiny", cache_dir=str(tmp_path / "own")))
     assert ok(result).name == sha and (tmp_path / "own") in ok(result).parents and not (tmp_path / "hf").exists()
     assert not (ok(result) / "README.md").exists()
-    assert downloads(hub)
+    assert downloads(hub) and all(f"/resolve/{sha}/" in p for p in downloads(hub))
 
 
 def test_pruning_deletes_the_least_recently_used_repos_of_its_own_cache(hub, tmp_path):
