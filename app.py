@@ -41,7 +41,7 @@ MAX_BEAM = 10
 # What one request may cost, whatever a (Hub) checkpoint's own decoding defaults say: output length
 # at most 3 x the source + 50 words, batches of 20 sentences, a target vocabulary of 200,000 words
 # (one step's scores: 20 sentences x beam 10 x 200,000 floats = 160 MB).
-MAX_LEN_A, MAX_LEN_B, MAX_BATCH, MAX_TGT_VOCAB = 3.0, 50, 20, 200_000
+REQUEST_LEN_A, REQUEST_LEN_B, REQUEST_BATCH, MAX_TGT_VOCAB = 3.0, 50, 20, 200_000
 CONCURRENCY = 4  # requests translating at once; the others wait in the queue
 # int8 decoding on a CPU: the faster engine for one sentence, at the same BLEU up to rounding
 # (BENCHMARKS.md). NMT_INT8=0: fp32.
@@ -161,8 +161,8 @@ def decode_options(translator: Translator, beam_size, n_best, replace_unk, lexic
     defaults = translator.defaults
     return {"beam_size": beam, "n_best": min(wanted, beam), "replace_unk": unk,
             "lexicon": lexicon_path if unk and lexicon_path else None,
-            "max_len_a": min(defaults.max_len_a, MAX_LEN_A), "max_len_b": min(defaults.max_len_b, MAX_LEN_B),
-            "batch_size": min(defaults.batch_size, MAX_BATCH)}, notes
+            "max_len_a": min(defaults.max_len_a, REQUEST_LEN_A), "max_len_b": min(defaults.max_len_b, REQUEST_LEN_B),
+            "batch_size": min(defaults.batch_size, REQUEST_BATCH)}, notes
 
 
 def _file_path(value) -> str | None:

@@ -197,9 +197,10 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{folder / CONFIG}: decode.lexicon names {decode.lexicon!r}, which is not a file of the "
                               f"checkpoint (a checkpoint's lexicon is its {LEXICON_FILE})")
     optional = {"generator.weight"} if cfg.tie_embeddings else set()
-    check_weights(folder / WEIGHTS, expected, optional, max_parameters)
+    weights_file = checkpoint_file(folder, WEIGHTS)
+    check_weights(weights_file, expected, optional, max_parameters)
     try:
-        weights = load_file(str(checkpoint_file(folder, WEIGHTS)))
+        weights = load_file(str(weights_file))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{folder / WEIGHTS}: unreadable ({exc})") from None
     model = Seq2Seq(cfg)
@@ -215,8 +216,13 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
 
 def download_limits(max_parameters: int) -> dict[str, int]:
     """The largest file of each name a checkpoint download may bring (see ``nmt.hub.resolve_checkpoint``)."""
-    return {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: 8 + MAX_HEADER_BYTES + 4 * max_parameters, SRC_VOCAB: MAX_VOCAB_BYTES,
+    return {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: max_weights_bytes(max_parameters), SRC_VOCAB: MAX_VOCAB_BYTES,
             TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, LEXICON_FILE: MAX_LEXICON_BYTES}
+
+
+def max_weights_bytes(n_parameters: int) -> int:
+    """The largest safetensors file of so many parameters: fp32, after a header of at most MAX_HEADER_BYTES."""
+    return 8 + MAX_HEADER_BYTES + 4 * n_parameters
 
 
 def check_weights(path: Path, expected: dict[str, torch.Tensor], optional: set[str], max_parameters: int) -> None:
@@ -227,14 +233,13 @@ def check_weights(path: Path, expected: dict[str, torch.Tensor], optional: set[s
     if n_params > max_parameters:
         raise CheckpointError(f"{path.parent}: the model has {n_params:,} parameters, over this program's limit "
                               f"of {max_parameters:,}")
-    checkpoint_file(path.parent, path.name)
     size = path.stat().st_size
     with open(path, "rb") as fh:
         header = fh.read(8)
     if len(header) < 8 or struct.unpack("<Q", header)[0] > MAX_HEADER_BYTES:
         raise CheckpointError(f"{path}: not a safetensors file of this program (its header is missing or over "
                               f"{MAX_HEADER_BYTES // MIB} MiB)")
-    if size > MAX_HEADER_BYTES + 8 + 4 * n_params:
+    if size > max_weights_bytes(n_params):
         raise CheckpointError(f"{path}: {size:,} bytes is more than {n_params:,} parameters need")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -302,14 +307,14 @@ def read_metrics(folder: str | Path | None) -> list[dict]:
         except (ValueError, RecursionError):
             continue
         if isinstance(record, dict):
-            numbers = {k: _finite(v) for k, v in record.items()}  # (a checkpoint's numbers may be anything)
+            numbers = {k: finite_number(v) for k, v in record.items()}  # (a checkpoint's numbers may be anything)
             if numbers.get("epoch") is not None:
                 records.append({k: v for k, v in numbers.items() if v is not None})
     return sorted(records, key=lambda r: r["epoch"])
 
 
-def _finite(value) -> float | int | None:
-    """``value`` if it is a finite number (not a bool), else None."""
+def finite_number(value) -> float | int | None:
+    """``value`` if it is a finite number (not a bool), else None: what a checkpoint says may be anything."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:

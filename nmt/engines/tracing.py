@@ -2,8 +2,8 @@
 
 A beam step for one sentence is a few dozen small PyTorch calls, and on a CPU most of their
 time is Python's and the dispatcher's, not arithmetic. The trace runs the same operations from
-TorchScript's interpreter, so the outputs are identical (checked in the tests) and the int8
-step takes about half the time (see BENCHMARKS.md).
+TorchScript's interpreter, so the outputs are identical (checked in the tests) and one sentence
+takes about a quarter less time (BENCHMARKS.md).
 
 ``torch.jit.trace`` is deprecated in favour of ``torch.compile``, but on this model
 ``torch.compile`` made the step slower (its graph breaks at the int8 layers), so the trace is

@@ -17,7 +17,6 @@ import gzip
 import html
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nmt.checkpoint import MAX_PARAMETERS, read_metrics
+from nmt.checkpoint import MAX_PARAMETERS, finite_number, read_metrics
 from nmt.config import ATTENTION_KINDS
 from nmt.errors import CheckpointError
 from nmt.serving.translator import Translator
@@ -69,7 +68,7 @@ class BundledModel:
 
     @property
     def bleu(self) -> float | None:
-        return _number(self.scores.get("bleu"))
+        return finite_number(self.scores.get("bleu"))
 
     @property
     def label(self) -> str:
@@ -244,18 +243,7 @@ def summary(translator: Translator, name: str | None = None) -> dict:
 
 def test_bleu(translator: Translator) -> float | None:
     """The test BLEU a checkpoint records (``scores.bleu``), if it is a number."""
-    return _number(_section(translator.checkpoint.extra, "scores").get("bleu"))
-
-
-def _number(value) -> float | None:
-    """``value`` as a float if it is a finite number (a checkpoint's scores may be anything)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
+    return finite_number(_section(translator.checkpoint.extra, "scores").get("bleu"))
 
 
 def _section(extra: dict, key: str) -> dict:
@@ -324,7 +312,7 @@ def _data_text(info: dict) -> str:
 
 
 def _scores_text(scores: dict) -> str:
-    bleu, chrf = _number(scores.get("bleu")), _number(scores.get("chrf"))
+    bleu, chrf = finite_number(scores.get("bleu")), finite_number(scores.get("chrf"))
     if bleu is None:
         return "not measured (no `scores` in this checkpoint's config.json)."
     text = f"BLEU **{bleu:.2f}**"

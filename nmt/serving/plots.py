@@ -13,12 +13,12 @@ client, and an explicit height (an autosized Plotly figure can render at zero he
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from nmt.checkpoint import finite_number
 from nmt.serving.translator import Translation
 
 COLORSCALE = "Blues"
@@ -85,11 +85,11 @@ def _replacement_shapes(translation: Translation) -> list[dict]:
 def training_curves_figure(metrics: list[dict], title: str | None = None, height: int = CURVES_HEIGHT) -> go.Figure:
     """Line charts per epoch from ``metrics.jsonl`` records: training loss, train/validation perplexity
     (log scale) and, when recorded, validation BLEU. Raises ``ValueError`` when there is no epoch to draw."""
-    rows = sorted((m for m in metrics if isinstance(m, dict) and _number(m.get("epoch")) is not None),
+    rows = sorted((m for m in metrics if isinstance(m, dict) and finite_number(m.get("epoch")) is not None),
                   key=lambda m: m["epoch"])
     if not rows:
         raise ValueError("no training metrics to draw (metrics.jsonl is missing or empty)")
-    has_bleu = any(_number(m.get("valid_bleu")) is not None for m in rows)
+    has_bleu = any(finite_number(m.get("valid_bleu")) is not None for m in rows)
     panels = ["Training loss", "Perplexity"] + (["Validation BLEU"] if has_bleu else [])
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
     epochs = [m["epoch"] for m in rows]
@@ -107,14 +107,9 @@ def training_curves_figure(metrics: list[dict], title: str | None = None, height
 
 
 def _line(fig: go.Figure, epochs: list, rows: list[dict], key: str, name: str, col: int, color: str) -> None:
-    values = [_number(m.get(key)) for m in rows]
+    values = [finite_number(m.get(key)) for m in rows]
     if any(v is not None for v in values):
         fig.add_trace(go.Scatter(x=epochs, y=values, name=name, mode="lines+markers", line={"color": color},
                                  connectgaps=False), row=1, col=col)
 
 
-def _number(value) -> float | None:
-    """``value`` as a finite float, else None (missing keys and NaN/inf are gaps in the line)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
