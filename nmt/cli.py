@@ -137,10 +137,10 @@ def cmd_translate(args) -> None:
                 att = r.attention.tolist() if r.attention is not None else None
                 f.write(json.dumps({"src": r.src_tokens, "tgt": r.tokens, "score": r.score, "attention": att}, ensure_ascii=False) + "\n")
     if references is not None:
-        scores = translator.score(sources, references)
-        for i, (lp, _) in enumerate(scores):
-            print(f"SENT {i}: GOLD SCORE {lp:.4f}", file=sys.stderr)
-        total, n = sum(s for s, _ in scores), sum(k for _, k in scores)
+        scores = translator.score(sources, references, alternatives=0)
+        for i, scored in enumerate(scores):
+            print(f"SENT {i}: GOLD SCORE {scored.log_prob:.4f}", file=sys.stderr)
+        total, n = sum(s.log_prob for s in scores), sum(len(s.token_log_probs) for s in scores)
         print(f"GOLD: log-likelihood {total:.2f} over {n} tokens, perplexity {perplexity(total, n):.2f}", file=sys.stderr)
 
 
@@ -176,8 +176,8 @@ def cmd_evaluate(args) -> None:
     if args.output:
         with _output(args.output) as out:
             out.write("".join(h + "\n" for h in hyps))
-    scores = translator.score(sources, refs)
-    total, n = sum(s for s, _ in scores), sum(k for _, k in scores)
+    scores = translator.score(sources, refs, alternatives=0)
+    total, n = sum(s.log_prob for s in scores), sum(len(s.token_log_probs) for s in scores)
     print(corpus_scores(hyps, refs))
     print(f"perplexity = {perplexity(total, n):.2f}")
 

@@ -89,9 +89,9 @@ def test_bad_settings_are_refused(tiny_translator):
 
 def test_gold_scores_match_search_scores(tiny_translator):
     [r] = tiny_translator.translate(["Ein Hund läuft."], beam_size=5)
-    [(logp, n)] = tiny_translator.score(["Ein Hund läuft."], [r.text])
-    assert n == len(r.tokens) + 1
-    assert logp == pytest.approx(r.score, abs=1e-4)  # length penalty 0: score is the log-probability
+    [scored] = tiny_translator.score(["Ein Hund läuft."], [r.text])
+    assert len(scored.token_log_probs) == len(r.tokens) + 1
+    assert scored.log_prob == pytest.approx(r.score, abs=1e-4)  # length penalty 0: score is the log-probability
 
 
 def test_int8_decoding_keeps_the_translations(tiny_translators):

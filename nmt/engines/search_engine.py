@@ -31,6 +31,7 @@ from nmt.engines.tracing import TracedSearchModel, take_trace_slot
 from nmt.errors import NMTError
 from nmt.model import Seq2Seq
 from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search.core import forced_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +45,25 @@ class SearchEngine:
     graphs: GraphedBeamSearch | None  # CUDA graphs, or None for the eager drivers
     inter_threads: int = 1
 
-    def search(self, src: torch.Tensor, lengths: torch.Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]:
-        """One padded batch (batch, src_len) on the engine's device."""
+    def search(self, src: torch.Tensor, lengths: torch.Tensor, cfg: DecodeConfig,
+               forced: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+        """One padded batch (batch, src_len) on the engine's device; ``forced``: (batch, P) prefixes
+        (``nmt.search.core.forced_tokens``), searched by the eager drivers (a graph's steps are fixed)."""
         check_every = 1 if self.device.type == "cpu" else 4  # on a GPU each check is a host-device sync
-        if self.graphs is not None:  # (greedy is beam search with beam 1 there)
+        if self.graphs is not None and forced is None:  # (greedy is beam search with beam 1 there)
             return self.graphs(src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty, cfg.max_len_a,
                                cfg.max_len_b, check_every=check_every)
         if cfg.beam_size == 1:
-            return greedy_search(self.model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, check_every)
+            return greedy_search(self.model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty,
+                                 check_every, forced)
         return beam_search(self.model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
-                           cfg.max_len_a, cfg.max_len_b, check_every=check_every)
+                           cfg.max_len_a, cfg.max_len_b, check_every=check_every, forced=forced)
 
-    def search_ids(self, sentences: list[list[int]], cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    def search_ids(self, sentences: list[list[int]], cfg: DecodeConfig,
+                   prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         """Every sentence (source ids; empty ones get no hypothesis), in batches of similar length;
-        order is kept. With ``inter_threads`` > 1 on a CPU, that many batches are searched at once,
+        order is kept. ``prefixes``: target ids each sentence's translation must begin with ([] for
+        none). With ``inter_threads`` > 1 on a CPU, that many batches are searched at once,
         each by its share of the threads: one batch's Python bookkeeping then overlaps another's
         matrix products, where a single batch leaves the cores idle between small operations."""
         order = sorted((i for i, s in enumerate(sentences) if s), key=lambda i: len(sentences[i]))
@@ -66,7 +72,8 @@ class SearchEngine:
         def search(chunk: list[int]) -> list[list[Hypothesis]]:
             ids = [sentences[i] for i in chunk]
             lengths = torch.tensor([len(x) for x in ids], device=self.device)
-            return self.search(pad(ids).to(self.device), lengths, cfg)
+            forced = forced_tokens([prefixes[i] for i in chunk], self.device) if prefixes else None
+            return self.search(pad(ids).to(self.device), lengths, cfg, forced)
 
         workers = min(self.inter_threads, len(chunks)) if self.device.type == "cpu" else 1
         if workers > 1:

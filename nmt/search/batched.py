@@ -5,30 +5,33 @@ from __future__ import annotations
 
 import torch
 
-from nmt.search.core import NEG_INF, Beams, Hypothesis, beam_step, force_eos, max_lengths, normalize, sentences_done
+from nmt.search.core import (NEG_INF, Beams, Hypothesis, beam_step, force_eos, force_tokens, max_lengths, normalize,
+                             sentences_done)
 from nmt.search.history import History
 from nmt.search.single import beam_search_one
-from nmt.vocabulary import BOS_ID, EOS_ID
+from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 
 @torch.inference_mode()
 def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length_penalty: float = 0.0,
                 max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 1,
-                history: History | None = None) -> list[list[Hypothesis]]:
+                history: History | None = None, forced: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Batched beam search. Returns, per sentence, its ``n_best`` hypotheses, best first.
 
     ``check_every``: how often (steps) to look for finished sentences and drop them; each
     check synchronises with the device, so a GPU may prefer a few steps between checks.
-    ``history``: an empty ``History`` to keep the search's record in (see there)."""
+    ``history``: an empty ``History`` to keep the search's record in (see there).
+    ``forced``: (batch, P) prefixes each sentence's hypotheses begin with (``nmt.search.core.forced_tokens``)."""
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and the beam size")
     batch, device = src.size(0), src.device
-    steps = int(max_lengths(lengths, max_len_a, max_len_b).max()) + 1
+    steps = int(max_lengths(lengths, max_len_a, max_len_b, forced).max()) + 1
     history = History() if history is None else history
     if batch == 1 and device.type == "cpu":
-        return beam_search_one(model, src, lengths, beam_size, n_best, length_penalty, steps - 1, history)
+        prefix = [] if forced is None else [t for t in forced[0].tolist() if t != PAD_ID]
+        return beam_search_one(model, src, lengths, beam_size, n_best, length_penalty, steps - 1, history, prefix)
     beams = Beams.start(model, model.encode(src, lengths), lengths, beam_size, n_best, length_penalty,
-                        max_len_a, max_len_b)
+                        max_len_a, max_len_b, forced)
     results = _Results(batch, n_best, device)  # of the sentences that stopped, by original position
     active = torch.arange(batch, device=device)
     for t in range(steps):
@@ -62,6 +65,7 @@ def _drop(beams: Beams, keep: torch.Tensor) -> torch.Tensor:
     beams.prev, beams.alive, beams.limit, beams.best_case = beams.prev[rows], beams.alive[keep], beams.limit[keep], \
         beams.best_case[keep]
     beams.fin_score, beams.fin_len, beams.fin_beam = beams.fin_score[keep], beams.fin_len[keep], beams.fin_beam[keep]
+    beams.forced = beams.forced[keep] if beams.forced is not None else None
     beams.shortest = int(beams.limit.min())
     return rows
 
@@ -80,14 +84,16 @@ class _Results:
 
 @torch.inference_mode()
 def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 10,
-                  length_penalty: float = 0.0, check_every: int = 1) -> list[list[Hypothesis]]:
+                  length_penalty: float = 0.0, check_every: int = 1,
+                  forced: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Most probable token at every step; the same as beam search with beam 1 (without a length
     penalty; with one, beam 1 may go on past a finished hypothesis to a longer, better one).
 
-    ``check_every``: how often (steps) to check whether every sentence has ended (a device sync)."""
+    ``check_every``: how often (steps) to check whether every sentence has ended (a device sync).
+    ``forced``: (batch, P) prefixes, as in ``beam_search``."""
     state = model.encode(src, lengths)
     batch, device = src.size(0), src.device
-    limit = max_lengths(lengths, max_len_a, max_len_b)
+    limit = max_lengths(lengths, max_len_a, max_len_b, forced)
     shortest = int(limit.min())
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     score = torch.zeros(batch, device=device)
@@ -96,6 +102,8 @@ def greedy_search(model, src, lengths, max_len_a: float = 2.0, max_len_b: int = 
     tokens, attns = [], []
     for t in range(int(limit.max()) + 1):
         logp, attn, state = model.step(prev, state)
+        if forced is not None and t < forced.size(1):
+            logp = force_tokens(logp, forced[:, t])
         if t >= shortest:  # only </s> allowed past a sentence's limit
             logp = force_eos(logp, t >= limit)
         best_logp, prev = logp.max(dim=-1)

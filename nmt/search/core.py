@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from nmt.search.topk import NEG_INF, beam_topk
-from nmt.vocabulary import BOS_ID, EOS_ID
+from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -58,15 +58,18 @@ class Beams:
     best_case: torch.Tensor  # (batch,) divisor of the open hypotheses' best normalized score
     shortest: int  # min(limit), on the host: before that step no sentence is forced to end
 
+    forced: torch.Tensor | None = None  # (batch, P) tokens each sentence must begin with, PAD_ID past its prefix
+
     @classmethod
     def start(cls, model, state: dict, lengths: torch.Tensor, K: int, n_best: int, length_penalty: float,
-              max_len_a: float, max_len_b: int) -> "Beams":
-        """The search's first state, from the encoder's ``state`` of (batch) sentences."""
+              max_len_a: float, max_len_b: int, forced: torch.Tensor | None = None) -> "Beams":
+        """The search's first state, from the encoder's ``state`` of (batch) sentences; ``forced``:
+        see ``forced_tokens``."""
         if not 1 <= n_best <= K:
             raise ValueError("n_best must be between 1 and the beam size")
         batch, device = lengths.size(0), lengths.device
         shared = tuple(getattr(model, "sentence_keys", ()))
-        limit = max_lengths(lengths, max_len_a, max_len_b)
+        limit = max_lengths(lengths, max_len_a, max_len_b, forced)
         alive = torch.full((batch, K), NEG_INF, device=device)
         alive[:, 0] = 0.0
         return cls(K, n_best, shared, select_rows(state, torch.arange(batch, device=device).repeat_interleave(K), shared),
@@ -74,7 +77,7 @@ class Beams:
                    torch.full((batch, n_best), NEG_INF, device=device),
                    torch.zeros((batch, n_best), dtype=torch.long, device=device),
                    torch.zeros((batch, n_best), dtype=torch.long, device=device),
-                   limit, best_case(limit, length_penalty), int(limit.min()))
+                   limit, best_case(limit, length_penalty), int(limit.min()), forced)
 
 
 @dataclass
@@ -101,6 +104,8 @@ def beam_step(model, beams: Beams, t: int | torch.Tensor, divisor: float | torch
     </s> before any sentence's limit, finishing when no candidate ends); a graph takes all paths."""
     K, rows = beams.K, beams.alive.size(0)
     logp, attn, state = model.step(beams.prev, beams.state)  # (rows*K, V), (rows*K, src_len) or None
+    if beams.forced is not None and t < beams.forced.size(1):  # (an int t: prefixes are searched eagerly)
+        logp = force_tokens(logp, beams.forced[:, t].repeat_interleave(K))
     if not eager or t >= beams.shortest:  # past its limit a sentence may only end
         logp = force_eos(logp, (t >= beams.limit).repeat_interleave(K))
     top, parent, token = beam_topk(logp, beams.alive.view(-1), K, 2 * K)  # (rows, 2K) best first
@@ -138,9 +143,20 @@ def best_case(limit: torch.Tensor, length_penalty: float) -> torch.Tensor:
     return torch.ones(limit.shape, device=limit.device)
 
 
-def max_lengths(lengths: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """Per-sentence output length limit (tokens before </s>), at least 1."""
-    return (lengths.float() * a + b).floor().long().clamp(min=1)
+def max_lengths(lengths: torch.Tensor, a: float, b: int, forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sentence output length limit (tokens before </s>), at least 1 and at least its forced prefix."""
+    limit = (lengths.float() * a + b).floor().long().clamp(min=1)
+    return limit if forced is None else torch.maximum(limit, (forced != PAD_ID).sum(1))
+
+
+def forced_tokens(prefixes: list[list[int]] | None, device) -> torch.Tensor | None:
+    """The prefixes (token ids; [] for none) as a (batch, longest) tensor padded with PAD_ID, or None
+    when no sentence has one. Search continues each sentence from its prefix: at step t < len(prefix)
+    its hypotheses may only take the prefix's token t, with the model's log-probability for it."""
+    if not prefixes or not any(prefixes):
+        return None
+    width = max(len(p) for p in prefixes)
+    return torch.tensor([p + [PAD_ID] * (width - len(p)) for p in prefixes], dtype=torch.long, device=device)
 
 
 def normalize(score: torch.Tensor, length, alpha: float) -> torch.Tensor:
@@ -157,6 +173,12 @@ def select_rows(state: dict, rows: torch.Tensor, shared=(), sentences: torch.Ten
         else:
             out[key] = value if sentences is None else value.index_select(0, sentences)
     return out
+
+
+def force_tokens(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """logp (n, vocab) with only ``tokens[r]`` possible in row r, where it is not PAD_ID (no prefix left)."""
+    others = torch.arange(logp.size(1), device=logp.device).unsqueeze(0) != tokens.unsqueeze(1)
+    return logp.masked_fill(others & (tokens != PAD_ID).unsqueeze(1), NEG_INF)
 
 
 def force_eos(logp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nmt.search.core import NEG_INF, Hypothesis, best_case, force_eos, normalize, select_rows, sentences_done
+from nmt.search.core import (NEG_INF, Hypothesis, best_case, force_eos, force_tokens, normalize, select_rows,
+                             sentences_done)
 from nmt.search.history import History
 from nmt.search.topk import best_candidates, candidate_sums
 from nmt.vocabulary import BOS_ID, EOS_ID
 
 
 def beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: float, limit: int,
-                    history: History) -> list[list[Hypothesis]]:
-    """``beam_search`` of a batch of one sentence into ``history``; ``limit``: the most tokens before </s>."""
+                    history: History, prefix: list[int] = ()) -> list[list[Hypothesis]]:
+    """``beam_search`` of a batch of one sentence into ``history``; ``limit``: the most tokens before </s>;
+    ``prefix``: the tokens its hypotheses begin with."""
     shared = getattr(model, "sentence_keys", ())
     state = select_rows(model.encode(src, lengths), torch.zeros(K, dtype=torch.long), shared)
     alive = [0.0] + [NEG_INF] * (K - 1)  # the open hypotheses' scores, best first
@@ -31,6 +33,8 @@ def beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: fl
     sums = None  # the buffer of each step's candidate scores, made at the first
     for t in range(limit + 1):
         logp, attn, state = model.step(prev, state)  # (K, V), (K, src_len) or None
+        if t < len(prefix):
+            logp = force_tokens(logp, torch.full((K,), prefix[t], dtype=torch.long))
         if t >= limit:  # only </s> allowed
             logp = force_eos(logp, torch.ones(K, dtype=torch.bool))
         if sums is None:

@@ -12,15 +12,20 @@ import torch
 
 from nmt.checkpoint import MAX_PARAMETERS, Checkpoint, download_limits, load_checkpoint
 from nmt.config import DecodeConfig, EngineConfig, from_dict
-from nmt.data import pad
 from nmt.device import pick_device
 from nmt.engines.search_engine import Engines
 from nmt.errors import CheckpointError, NMTError
 from nmt.safe_io import checkpoint_file
-from nmt.search import Hypothesis
+from nmt.search import Hypothesis, beam_search
+from nmt.search.core import forced_tokens
+from nmt.search.history import History
+from nmt.search.tree import BeamTree, build_tree
+from nmt.serving.scoring import Forced, Scored, forced_decoding, normalized_score
 from nmt.serving.unk import Replacement, load_lexicon, replace_unk
 from nmt.tokenization import get_tokenizer
-from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID
+from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)  # never read from a user's text
 
 
 @dataclass
@@ -28,6 +33,8 @@ class Candidate:
     text: str
     tokens: list[str]
     score: float
+    attention: np.ndarray | None = None  # (len(tokens), len(src_tokens))
+    replacements: list[Replacement] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Translation:
     n_best: list[Candidate] = field(default_factory=list)
     attention: np.ndarray | None = None  # (len(tokens), len(src_tokens)), rows sum to 1
     replacements: list[Replacement] = field(default_factory=list)
+    forced: int = 0  # how many leading tokens were the given prefix's
 
 
 class Translator:
@@ -83,18 +91,40 @@ class Translator:
         return cfg
 
     def translate(self, sentences: list[str], config: DecodeConfig | None = None, engine: EngineConfig | None = None,
-                  lexicon: dict[str, str] | str | Path | None = None, **overrides) -> list[Translation]:
+                  lexicon: dict[str, str] | str | Path | None = None, prefix: list[str] | None = None,
+                  **overrides) -> list[Translation]:
         """Translate raw sentences with ``config`` (default: the checkpoint's ``decode`` settings; one
         given replaces them all), run by ``engine`` (default: ``EngineConfig()``); keyword ``overrides``
         change single fields of either (``beam_size=10``, ``int8=True``). ``lexicon``: for UNK
-        replacement, a dict or a file path (default: ``config.lexicon``, else the checkpoint's own)."""
+        replacement, a dict or a file path (default: ``config.lexicon``, else the checkpoint's own).
+        ``prefix``: one string per sentence ("" for none), tokenized like the target: search continues
+        from it ("what if the translation began like this?"); ``Translation.forced`` counts its tokens."""
         cfg, engine_cfg = self._configs(config, engine, overrides)
         if cfg.replace_unk and not self.has_attention:
             raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
         lexicon = self.lexicon_for(cfg.lexicon or None if lexicon is None else lexicon) if cfg.replace_unk else None
         src_tokens = [self.src_tok.tokenize(s) for s in sentences]
-        hyps = self.search_tokens(src_tokens, cfg, engine_cfg)
-        return [self._result(s, toks, h, cfg, lexicon) for s, toks, h in zip(sentences, src_tokens, hyps)]
+        prefixes = self.prefix_ids(prefix, len(sentences))
+        hyps = self.search_tokens(src_tokens, cfg, engine_cfg, prefixes)
+        return [self._result(s, toks, h, cfg, lexicon, len(p) if p else 0)
+                for s, toks, h, p in zip(sentences, src_tokens, hyps, prefixes or [[]] * len(sentences))]
+
+    def prefix_ids(self, prefix: list[str] | None, n: int) -> list[list[int]] | None:
+        """Target ids of each sentence's prefix; a word the model cannot produce is an error."""
+        if prefix is None:
+            return None
+        if isinstance(prefix, str) or len(prefix) != n:
+            raise NMTError(f"prefix must be a list of one string per sentence ({n}); got "
+                           f"{'a string' if isinstance(prefix, str) else len(prefix)}")
+        vocab, out = self.checkpoint.tgt_vocab, []
+        for text in prefix:
+            tokens = self.tgt_tok.tokenize(text or "")
+            unknown = [t for t in tokens if t not in vocab.stoi or vocab.stoi[t] in SPECIAL_IDS]
+            if unknown:
+                shown = ", ".join(repr(t[:40]) for t in dict.fromkeys(unknown[:5]))
+                raise NMTError(f"the prefix has words this model cannot produce (not in its target vocabulary): {shown}")
+            out.append(vocab.encode(tokens))
+        return out
 
     def _configs(self, config, engine, overrides: dict) -> tuple[DecodeConfig, EngineConfig]:
         engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
@@ -122,53 +152,87 @@ class Translator:
                 self._lexicon = load_lexicon(path, echo=False, error=CheckpointError)
             return self._lexicon
 
-    def search_tokens(self, src_tokens: list[list[str]], cfg: DecodeConfig,
-                      engine: EngineConfig | None = None) -> list[list[Hypothesis]]:
+    def search_tokens(self, src_tokens: list[list[str]], cfg: DecodeConfig, engine: EngineConfig | None = None,
+                      prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         """Search every tokenized sentence (``nmt.engines.search_engine.SearchEngine.search_ids``)."""
         searcher = self.engines.get(engine or EngineConfig())
-        return searcher.search_ids([self.checkpoint.src_vocab.encode(t) for t in src_tokens], cfg)
+        return searcher.search_ids([self.checkpoint.src_vocab.encode(t) for t in src_tokens], cfg, prefixes)
 
     def _result(self, source: str, src_tokens: list[str], hyps: list[Hypothesis], cfg: DecodeConfig,
-                lexicon: dict | None) -> Translation:
+                lexicon: dict | None, forced: int = 0) -> Translation:
         if not hyps:  # empty input
             return Translation(source, src_tokens, "", [], 0.0)
-        candidates, best = [], None
-        for rank, hyp in enumerate(hyps):
+        candidates = []
+        for hyp in hyps:
             tokens = self.checkpoint.tgt_vocab.decode(hyp.tokens)
             replaced: list[Replacement] = []
             if cfg.replace_unk and hyp.attention is not None:
                 tokens, replaced = replace_unk(tokens, src_tokens, hyp.attention, lexicon)
-            candidates.append(Candidate(self.tgt_tok.detokenize(tokens), tokens, hyp.score))
-            if rank == 0:
-                best = (tokens, replaced, hyp)
-        tokens, replaced, hyp = best
-        attention = hyp.attention.numpy() if hyp.attention is not None else None
-        return Translation(source, src_tokens, candidates[0].text, tokens, hyp.score, candidates, attention, replaced)
+            attention = hyp.attention.numpy() if hyp.attention is not None else None
+            candidates.append(Candidate(self.tgt_tok.detokenize(tokens), tokens, hyp.score, attention, replaced))
+        best = candidates[0]
+        return Translation(source, src_tokens, best.text, best.tokens, best.score, candidates, best.attention,
+                           best.replacements, forced)
 
-    @torch.inference_mode()
-    def score(self, sources: list[str], references: list[str], batch_size: int = 64) -> list[tuple[float, int]]:
-        """Log-likelihood of each reference given its source, and its token count (</s> included)."""
+    def beam_tree(self, source: str, config: DecodeConfig | None = None, engine: EngineConfig | None = None,
+                  prefix: str = "", **overrides) -> BeamTree:
+        """The beam search of one sentence as a tree (``nmt.search.tree``): every candidate each step
+        weighed, kept, pruned or finished, recorded by the same search ``translate`` runs (settings
+        as there; ``n_best`` does not matter), so its best path is ``translate``'s best hypothesis.
+        Beam size 1 is beam search with one beam: greedy search's result without a length penalty."""
+        cfg, engine_cfg = self._configs(config, engine, overrides)
+        src_tokens = self.src_tok.tokenize(source)
+        if not src_tokens:
+            raise NMTError("Nothing to translate: the sentence is empty")
+        prefixes = self.prefix_ids([prefix], 1)
+        model = self.engines.model_for(engine_cfg.int8, engine_cfg.trace) if self.device.type == "cpu" else self.model
+        src = torch.tensor([self.checkpoint.src_vocab.encode(src_tokens)], device=self.device)
+        history = History()
+        [[best, *_]] = beam_search(model, src, torch.tensor([src.size(1)], device=self.device), cfg.beam_size, 1,
+                                   cfg.length_penalty, cfg.max_len_a, cfg.max_len_b, history=history,
+                                   forced=forced_tokens(prefixes, self.device))
+        nodes, path = build_tree(history, best, cfg.beam_size, cfg.length_penalty, self.checkpoint.tgt_vocab.itos.__getitem__)
+        text = self.tgt_tok.detokenize(self.checkpoint.tgt_vocab.decode(best.tokens))
+        return BeamTree(source, src_tokens, nodes, path, cfg.beam_size, cfg.length_penalty, len(prefixes[0]), text)
+
+    def neighbors(self, source: str, translation: str | None = None, position: int = 0, side: str = "target",
+                  k: int = 10) -> list[Neighbor]:
+        """The ``k`` training pairs whose states are nearest to this one's at ``position`` of the
+        translation (``side="target"``: the decoder's attentional state; with ``translation`` None,
+        the model's own best) or of the source (``side="source"``: the encoder's): ``nmt.serving.neighbors``."""
+        from nmt.serving.neighbors import find_neighbors  # (faiss is imported only when asked for)
+
+        return find_neighbors(self, source, translation, position, side, k)
+
+    def score(self, sources: list[str], translations: list[str] | list[list[str]], length_penalty: float | None = None,
+              alternatives: int = 5) -> list[Scored]:
+        """Forced decoding of each given translation of its source (``nmt.serving.scoring``): every
+        token's log-probability, the attention, the ``alternatives`` most probable words at every
+        position, and the score normalized with ``length_penalty`` (default: the checkpoint's) as
+        search normalizes, so scoring search's own best output (without UNK replacement) gives its
+        ``Translation.score``. A translation is raw text, or its tokens (``Translation.tokens``: detokenizing
+        is not always reversible, "soccer . ." reads back as "soccer .."). An empty source scores 0 with no tokens."""
+        if len(sources) != len(translations):
+            raise NMTError(f"{len(sources)} source sentences but {len(translations)} translations")
+        alpha = self.settings(length_penalty=length_penalty).length_penalty
         src_tok = [self.src_tok.tokenize(s) for s in sources]
-        ref_tok = [self.tgt_tok.tokenize(r) for r in references]
-        if len(sources) != len(references):
-            raise NMTError(f"{len(sources)} source sentences but {len(references)} references")
-        scores = [(0.0, 0)] * len(sources)
-        order = [i for i in range(len(sources)) if src_tok[i]]
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            src = [self.checkpoint.src_vocab.encode(src_tok[i]) for i in chunk]
-            tgt = [self.checkpoint.tgt_vocab.encode(ref_tok[i]) for i in chunk]
-            for i, t, s in zip(chunk, tgt, sequence_log_probs(self.model, src, tgt, self.device)):
-                scores[i] = (s, len(t) + 1)
-        return scores
+        tgt_tok = [list(t) if isinstance(t, (list, tuple)) else self.tgt_tok.tokenize(t or "") for t in translations]
+        vocab = self.checkpoint.tgt_vocab
+        tgt_ids = [[UNK_ID if i in SPECIAL_IDS else i for i in vocab.encode(t)] for t in tgt_tok]
+        todo = [i for i in range(len(sources)) if src_tok[i]]
+        forced = forced_decoding(self.model, [self.checkpoint.src_vocab.encode(src_tok[i]) for i in todo],
+                                 [tgt_ids[i] for i in todo], self.device, alternatives)
+        found = dict(zip(todo, forced))
+        texts = [self.tgt_tok.detokenize(t) if isinstance(t, (list, tuple)) else t for t in translations]
+        return [self._scored(sources[i], src_tok[i], texts[i], tgt_ids[i], found.get(i), alpha)
+                for i in range(len(sources))]
 
-
-def sequence_log_probs(model, src: list[list[int]], tgt: list[list[int]], device) -> list[float]:
-    """Teacher-forced log p(tgt </s> | src) for each pair."""
-    src_t = pad(src).to(device)
-    lengths = torch.tensor([len(s) for s in src], device=device)
-    tgt_in = pad([[BOS_ID] + t for t in tgt]).to(device)
-    tgt_out = pad([t + [EOS_ID] for t in tgt]).to(device)
-    logits, _ = model(src_t, lengths, tgt_in)
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
-    return logp.masked_fill(tgt_out == PAD_ID, 0.0).sum(1).tolist()
+    def _scored(self, source, src_tokens, translation, ids, forced: Forced | None, alpha: float) -> Scored:
+        tokens = self.checkpoint.tgt_vocab.decode(ids)
+        if forced is None:
+            return Scored(source, src_tokens, translation, tokens, [], 0.0, 0.0, None, [])
+        itos = self.checkpoint.tgt_vocab.itos
+        alternatives = [[(itos[w], p) for w, p in zip(ws, ps)] for ws, ps in zip(forced.top_ids, forced.top_probs)]
+        attention = forced.attention.numpy() if forced.attention is not None else None
+        return Scored(source, src_tokens, translation, tokens, forced.log_probs, float(sum(forced.log_probs)),
+                      normalized_score(forced.log_probs, alpha), attention, alternatives)
