@@ -1,0 +1,146 @@
+"""The translation API endpoints (/translate, /compare, /model_card) and the JSON they return."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from pathlib import Path
+
+from demo.checks import (
+    DEFAULT_DIRECTION,
+    MODELS,
+    InputProblem,
+    _bundled,
+    choose_model,
+    decode_options,
+    failure,
+    run_translation,
+    split_input,
+    status_html,
+)
+from nmt import NMTError, Translation, Translator
+from nmt.serving import catalog, plots
+
+logger = logging.getLogger("nmt.app")
+
+
+# ----------------------------------------------------------------------------- results as JSON
+def sentence_result(r: Translation, translator: Translator) -> dict:
+    """One sentence's translation, n-best list, UNK replacements and attention figure, JSON-ready."""
+    vocab = translator.checkpoint.src_vocab.stoi
+    figure = json.loads(plots.attention_figure(r).to_json()) if r.attention is not None and r.tokens else None
+    return {
+        "source": r.source, "src_tokens": r.src_tokens, "translation": r.text, "tokens": r.tokens,
+        "score": round(float(r.score), 4),
+        "n_best": [{"text": c.text, "score": round(float(c.score), 4)} for c in r.n_best],
+        "unk_replacements": [{"position": x.position, "source_position": x.source_position,
+                              "source_word": x.source_word, "word": x.word} for x in r.replacements],
+        "unknown_source_words": list(dict.fromkeys(t for t in r.src_tokens if t not in vocab)),
+        "attention_figure": figure,
+        "attention_note": None if figure else _no_attention_note(translator),
+    }
+
+
+def _no_attention_note(translator: Translator) -> str:
+    if not translator.has_attention:
+        return "This model has no attention (attention 'none'): there is no heatmap to show."
+    return "The translation is empty: there is no attention to show."
+
+
+# ----------------------------------------------------------------------------- endpoints
+def translate(text: str, direction: str | None = None, attention: str = "general", hub_id: str = "",
+              beam_size: float = 5, n_best: float = 3, replace_unk: bool = True,
+              lexicon: str | None = None) -> tuple[str, dict]:
+    """Translate one or more sentences (a paragraph is split into sentences).
+
+    Args:
+        text: the source text (at most 2,000 characters and 20 sentences).
+        direction: bundled language direction, e.g. "de-en" (ignored when hub_id is given; default: the first).
+        attention: attention type of the bundled model: "none", "dot", "general" or "concat".
+        hub_id: optional Hugging Face Hub checkpoint "user/name" or "user/name@revision"; "" for bundled.
+        beam_size: beam size, 1 (greedy) to 10.
+        n_best: how many alternatives to return per sentence (at most the beam size).
+        replace_unk: replace <unk> outputs with the most attended source word (models with attention).
+        lexicon: optional uploaded "source ||| target" file used by UNK replacement.
+
+    Returns:
+        status: an HTML message (errors and notes for the user).
+        result: {"ok", "error", "notes", "model", "settings", "seconds", "sentences": [{"source", "src_tokens",
+            "translation", "tokens", "score", "n_best": [{"text", "score"}], "unk_replacements": [{"position",
+            "source_position", "source_word", "word"}], "unknown_source_words", "attention_figure" (Plotly
+            figure JSON, or null), "attention_note"}]}.
+    """
+    started, notes = time.perf_counter(), []
+    try:
+        sentences, notes = split_input(text)
+        translator, model = choose_model(direction, attention, hub_id)
+        options, more = decode_options(translator, beam_size, n_best, replace_unk, lexicon)
+        notes += more
+        results = run_translation(translator, sentences, options)
+        rows = [sentence_result(r, translator) for r in results]
+    except (NMTError, InputProblem) as exc:
+        return failure(str(exc), notes)
+    except Exception as exc:  # a bug: log it, tell the user what failed, keep serving
+        logger.exception("translation failed")
+        return failure(f"Internal error while translating ({type(exc).__name__}: {exc}).", notes)
+    seconds = round(time.perf_counter() - started, 3)
+    settings = {**options, "lexicon": Path(options["lexicon"]).name if options["lexicon"] else None}
+    message = (f"Translated {len(rows)} sentence{'s' * (len(rows) > 1)} with {model['name']} "
+               f"({model['source']}, attention {model['attention']}) in {seconds:.2f} s.")
+    return status_html(message, notes), {"ok": True, "error": None, "notes": notes, "model": model,
+                                         "settings": settings, "seconds": seconds, "sentences": rows}
+
+
+def compare(text: str, direction: str | None = None, beam_size: float = 5, replace_unk: bool = True,
+            lexicon: str | None = None) -> tuple[str, dict]:
+    """Translate the first sentence of ``text`` with every bundled model of ``direction``.
+
+    Returns an HTML status and {"ok", "error", "notes", "sentence", "direction", "models": [{"name",
+    "attention", "bleu", "error", ...the fields of one /translate sentence}]}.
+    """
+    try:
+        sentences, notes = split_input(text)
+        direction = direction or DEFAULT_DIRECTION
+        models = [m for m in MODELS if m.direction == direction]
+        if not models:
+            _bundled(direction, None)  # raises the right message
+    except (NMTError, InputProblem) as exc:
+        return failure(str(exc))
+    if len(sentences) > 1:
+        notes.append(f"Comparing on the first of the {len(sentences)} sentences.")
+    rows = [_compare_one(m, sentences[0], beam_size, replace_unk, lexicon) for m in models]
+    message = f"Translated with {len(rows)} {catalog.direction_label(direction)} model{'s' * (len(rows) > 1)}."
+    return status_html(message, notes), {"ok": True, "error": None, "notes": notes, "sentence": sentences[0],
+                                         "direction": direction, "models": rows}
+
+
+def _compare_one(model: catalog.BundledModel, sentence: str, beam_size, replace_unk, lexicon) -> dict:
+    row = {"name": model.name, "attention": model.attention, "bleu": model.bleu, "label": model.label, "error": None}
+    try:
+        translator = catalog.CACHE.bundled(model)
+        options, _ = decode_options(translator, beam_size, 1, replace_unk, lexicon)
+        [result] = run_translation(translator, [sentence], options)
+        return {**row, **sentence_result(result, translator)}
+    except (NMTError, InputProblem) as exc:
+        return {**row, "error": str(exc)}
+    except Exception as exc:
+        logger.exception("comparison with %s failed", model.name)
+        return {**row, "error": f"Internal error ({type(exc).__name__}: {exc})."}
+
+
+def model_card(direction: str | None = None, attention: str = "general", hub_id: str = "") -> tuple[str, object]:
+    """The selected model's card (Markdown) and its training curves (a Plotly figure, or None without metrics)."""
+    try:
+        translator, model = choose_model(direction, attention, hub_id)
+        card = catalog.card_markdown(catalog.summary(translator, model["name"]))
+    except NMTError as exc:
+        return f"*No model card:* {html.escape(str(exc), quote=False)}", None
+    except Exception as exc:
+        logger.exception("model card failed")
+        return f"*No model card:* internal error ({html.escape(f'{type(exc).__name__}: {exc}', quote=False)}).", None
+    try:
+        return card, plots.training_curves_figure(catalog.read_metrics(translator.checkpoint.path))
+    except ValueError:  # (no readable epoch)
+        return card + "\n\n*No training curves: this checkpoint has no `metrics.jsonl` (or none readable).*", None
