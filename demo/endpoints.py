@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from demo.checks import (
     DEFAULT_DIRECTION,
     MODELS,
@@ -20,27 +22,41 @@ from demo.checks import (
     split_input,
     status_html,
 )
-from nmt import NMTError, Translation, Translator
+from nmt import Candidate, NMTError, Translation, Translator
 from nmt.serving import catalog, plots
+from nmt.serving.unk import Replacement
 
 logger = logging.getLogger("nmt.app")
 
 
 # ----------------------------------------------------------------------------- results as JSON
-def sentence_result(r: Translation, translator: Translator) -> dict:
-    """One sentence's translation, n-best list, UNK replacements and attention figure, JSON-ready."""
+def sentence_result(r: Translation, translator: Translator, compact: bool = False) -> dict:
+    """One sentence's translation, n-best list, UNK replacements and attention figure, JSON-ready
+    (``compact``: a heatmap for a narrow column)."""
     vocab = translator.checkpoint.src_vocab.stoi
-    figure = json.loads(plots.attention_figure(r).to_json()) if r.attention is not None and r.tokens else None
+    figure = (json.loads(plots.attention_figure(r, compact=compact).to_json())
+              if r.attention is not None and r.tokens else None)
     return {
         "source": r.source, "src_tokens": r.src_tokens, "translation": r.text, "tokens": r.tokens,
         "score": round(float(r.score), 4),
-        "n_best": [{"text": c.text, "score": round(float(c.score), 4)} for c in r.n_best],
-        "unk_replacements": [{"position": x.position, "source_position": x.source_position,
-                              "source_word": x.source_word, "word": x.word} for x in r.replacements],
+        "n_best": [candidate_result(c) for c in r.n_best],
+        "unk_replacements": replacements_json(r.replacements),
         "unknown_source_words": list(dict.fromkeys(t for t in r.src_tokens if t not in vocab)),
         "attention_figure": figure,
         "attention_note": None if figure else _no_attention_note(translator),
     }
+
+
+def candidate_result(c: Candidate) -> dict:
+    """An n-best candidate: text, score, tokens, UNK replacements and its own attention (rounded)."""
+    attention = np.round(c.attention, 4).tolist() if c.attention is not None else None
+    return {"text": c.text, "score": round(float(c.score), 4), "tokens": c.tokens,
+            "unk_replacements": replacements_json(c.replacements), "attention": attention}
+
+
+def replacements_json(replacements: list[Replacement]) -> list[dict]:
+    return [{"position": x.position, "source_position": x.source_position, "source_word": x.source_word,
+             "word": x.word} for x in replacements]
 
 
 def _no_attention_note(translator: Translator) -> str:
@@ -68,7 +84,8 @@ def translate(text: str, direction: str | None = None, attention: str = "general
     Returns:
         status: an HTML message (errors and notes for the user).
         result: {"ok", "error", "notes", "model", "settings", "seconds", "sentences": [{"source", "src_tokens",
-            "translation", "tokens", "score", "n_best": [{"text", "score"}], "unk_replacements": [{"position",
+            "translation", "tokens", "score", "n_best": [{"text", "score", "tokens", "unk_replacements", "attention"
+            (output x source weights, or null)}], "unk_replacements": [{"position",
             "source_position", "source_word", "word"}], "unknown_source_words", "attention_figure" (Plotly
             figure JSON, or null), "attention_note"}]}.
     """
@@ -122,7 +139,7 @@ def _compare_one(model: catalog.BundledModel, sentence: str, beam_size, replace_
         translator = catalog.CACHE.bundled(model)
         options, _ = decode_options(translator, beam_size, 1, replace_unk, lexicon)
         [result] = run_translation(translator, [sentence], options)
-        return {**row, **sentence_result(result, translator)}
+        return {**row, **sentence_result(result, translator, compact=True)}
     except (NMTError, InputProblem) as exc:
         return {**row, "error": str(exc)}
     except Exception as exc:

@@ -8,7 +8,11 @@ import gradio as gr
 
 from demo.checks import CONCURRENCY, DEFAULT_DIRECTION, MAX_BEAM, MAX_CHARS, MAX_SENTENCES, MODELS, TITLE, _shown
 from demo.endpoints import compare, model_card, translate
-from demo.render import render_comparison, render_translation
+from demo.inside_page import CSS as INSIDE_CSS
+from demo.inside_page import JS as INSIDE_JS
+from demo.inside_page import inside_tab, wire_inside
+from demo.render import pick_candidate, render_comparison, render_translation
+from nmt import split_sentences
 from nmt.config import ATTENTION_KINDS
 from nmt.serving import catalog
 
@@ -44,6 +48,7 @@ def banner() -> str:
             "*Model* to translate with a published checkpoint.")
 
 
+JS = INSIDE_JS  # (the page's only script: beam-tree clicks)
 CSS = """
 .nmt-card {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 12px;
            margin-bottom: 4px}
@@ -62,7 +67,7 @@ CSS = """
 .nmt-note {font-size: 0.9em; color: var(--body-text-color-subdued)}
 .nmt-model {font-weight: 600; margin-bottom: 4px}
 .nmt-model span {font-weight: 400; margin-left: 8px; color: var(--body-text-color-subdued)}
-"""
+""" + INSIDE_CSS
 
 
 # ----------------------------------------------------------------------------- the page
@@ -87,6 +92,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     go_button = gr.Button("Translate", variant="primary", elem_id="translate-button")
                     compare_button = gr.Button("Compare attention types", elem_id="compare-button")
+                    inside_button = gr.Button("Look inside the search", elem_id="inside-button")
                 status = gr.HTML(label="status", elem_id="status")
         with gr.Tabs(selected="translation") as tabs:
             with gr.Tab("Translation", id="translation"):
@@ -97,6 +103,8 @@ def build_demo() -> gr.Blocks:
                 compare_status = gr.HTML(label="status")
                 compare_slots = comparison_slots()
                 compare_result = gr.JSON(label="result", visible=False)
+            with gr.Tab("Look inside", id="inside"):
+                inside = inside_tab()
             with gr.Tab("Model card", id="card"):
                 card = gr.Markdown(label="model card", elem_id="model-card")
                 curves = gr.Plot(label="Training curves", visible=False, elem_id="training-curves")
@@ -129,29 +137,33 @@ def setting_controls() -> tuple:
 
 
 def sentence_slots() -> list:
-    """A fixed number of hidden slots (card + heatmap), one per possible sentence."""
+    """A fixed number of hidden slots (card, the n-best candidate to draw, heatmap), one per possible sentence."""
     components = []
     for i in range(MAX_SENTENCES):
         with gr.Column(visible=False, elem_id=f"slot-{i}") as column:
             card = gr.HTML()
+            pick = gr.Radio([], label="Heatmap of n-best candidate", visible=False, elem_id=f"candidate-{i}")
             plot = gr.Plot(label=f"Attention, sentence {i + 1}", visible=False, elem_id=f"heatmap-{i}")
-        components += [column, card, plot]
+        components += [column, card, pick, plot]
     return components
 
 
 def comparison_slots() -> list:
+    """One slot per attention kind, two per row: four heatmaps in a row leave each too narrow for its
+    source words; a row's columns stack on a phone."""
     components = []
-    with gr.Row(equal_height=False):
-        for kind in ATTENTION_KINDS:
-            with gr.Column(visible=False, min_width=220, elem_id=f"compare-{kind}") as column:
-                card = gr.HTML()
-                plot = gr.Plot(label=f"{kind} attention", visible=False, elem_id=f"compare-heatmap-{kind}")
-            components += [column, card, plot]
+    for pair in (ATTENTION_KINDS[:2], ATTENTION_KINDS[2:]):
+        with gr.Row(equal_height=False):
+            for kind in pair:
+                with gr.Column(visible=False, min_width=320, elem_id=f"compare-{kind}") as column:
+                    card = gr.HTML()
+                    plot = gr.Plot(label=f"{kind} attention", visible=False, elem_id=f"compare-heatmap-{kind}")
+                components += [column, card, plot]
     return components
 
 
 def wire(c: SimpleNamespace) -> None:
-    """Connect the events; only /translate, /compare and /model_card are public API endpoints."""
+    """Connect the events; the public API endpoints are /translate, /compare, /model_card and the look-inside ones."""
     form = [c.text, c.direction, c.attention, c.hub_id, c.beam, c.n_best, c.unk, c.lexicon]
     private = {"api_visibility": "private"}
     limits = {"concurrency_limit": CONCURRENCY, "concurrency_id": "translate"}
@@ -170,4 +182,16 @@ def wire(c: SimpleNamespace) -> None:
     c.direction.change(on_direction, [c.direction, c.attention], [c.attention, c.examples], **private).then(
         model_card, card_inputs, card_outputs, **private).then(**show_curves)
     c.examples.click(lambda sample: sample[0], c.examples, c.text, **private)
-JS = ""
+    for i in range(MAX_SENTENCES):
+        pick, plot = c.slots[4 * i + 2], c.slots[4 * i + 3]
+        pick.input(pick_candidate(i), [pick, c.result], plot, **private)
+    wire_inside(c.inside, [c.direction, c.attention, c.hub_id], c.beam, c.unk)
+    c.inside_button.click(first_sentence, c.text, c.inside["sentence"], **private).then(
+        lambda: gr.Tabs(selected="inside"), None, c.tabs, **private).then(
+        lambda: None, None, None, js="() => document.querySelector('#tree-button').click()", **private)
+
+
+def first_sentence(text: str | None) -> str:
+    """The first sentence of the input (the look-inside tab works on one)."""
+    sentences = split_sentences(text or "")
+    return sentences[0] if sentences else ""

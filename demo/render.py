@@ -6,10 +6,14 @@ import html
 import json
 
 import gradio as gr
+import numpy as np
 from gradio.components.plot import PlotData
 
 from demo.checks import MAX_SENTENCES
+from nmt import Translation
 from nmt.config import ATTENTION_KINDS
+from nmt.serving import plots
+from nmt.serving.unk import Replacement
 from nmt.tokenization import get_tokenizer
 
 
@@ -27,7 +31,7 @@ def sentence_html(row: dict, number: int, tgt_lang: str) -> str:
         words = " ".join(f"<code>{html.escape(w)}</code>" for w in row["unknown_source_words"])
         parts.append(f'<div class="nmt-small">Unknown to the model: {words}</div>')
     if len(row["n_best"]) > 1:
-        parts.append(nbest_table(row["n_best"]))
+        parts.append(nbest_table(row["n_best"], tgt_lang))
     if row["attention_note"]:
         parts.append(f'<div class="nmt-noattn">{html.escape(row["attention_note"])}</div>')
     return f'<div class="nmt-card">{"".join(parts)}</div>'
@@ -49,10 +53,40 @@ def marked_translation(row: dict, tgt_lang: str) -> str:
     return text
 
 
-def nbest_table(candidates: list[dict]) -> str:
-    rows = "".join(f'<tr><td>{i}</td><td dir="auto">{html.escape(c["text"])}</td><td>{c["score"]:.3f}</td></tr>'
-                   for i, c in enumerate(candidates, 1))
+def nbest_table(candidates: list[dict], tgt_lang: str) -> str:
+    """The n-best list, each candidate with its own UNK replacements marked."""
+    rows = "".join(f'<tr><td>{i}</td><td dir="auto">{marked_translation(_as_row(c), tgt_lang)}</td>'
+                   f'<td>{c["score"]:.3f}</td></tr>' for i, c in enumerate(candidates, 1))
     return f'<table class="nmt-nbest"><tr><th>#</th><th>n-best alternative</th><th>score</th></tr>{rows}</table>'
+
+
+def _as_row(candidate: dict) -> dict:
+    return {"translation": candidate["text"], "tokens": candidate.get("tokens", []),
+            "unk_replacements": candidate.get("unk_replacements", [])}
+
+
+def candidate_figure(row: dict, rank: int) -> dict | None:
+    """The attention heatmap (Plotly JSON) of the n-best candidate ``rank`` (0: the best) of a /translate sentence."""
+    if rank == 0 or rank >= len(row["n_best"]):
+        return row["attention_figure"]
+    c = row["n_best"][rank]
+    if c.get("attention") is None or not c["tokens"]:
+        return None
+    marks = [Replacement(**x) for x in c["unk_replacements"]]
+    translation = Translation(row["source"], row["src_tokens"], c["text"], c["tokens"], c["score"],
+                              attention=np.asarray(c["attention"]), replacements=marks)
+    return json.loads(plots.attention_figure(translation, title=f"Alternative {rank + 1}").to_json())
+
+
+def pick_candidate(slot: int):
+    """The event handler of slot ``slot``'s candidate choice: that candidate's heatmap."""
+    def show(rank, result: dict | None):
+        rows = (result or {}).get("sentences") or []
+        if slot >= len(rows) or rank is None:
+            return gr.update()
+        figure = candidate_figure(rows[slot], int(rank) - 1)
+        return gr.Plot(value=plot_value(figure), visible=figure is not None)
+    return show
 
 
 def plot_value(figure: dict | None):
@@ -61,15 +95,17 @@ def plot_value(figure: dict | None):
 
 
 def render_translation(result: dict | None) -> list:
-    """Updates for the sentence slots (visibility, card, heatmap) from a /translate result."""
+    """Updates for the sentence slots (visibility, card, candidate choice, heatmap) from a /translate result."""
     rows = (result or {}).get("sentences") or []
     tgt_lang = ((result or {}).get("model") or {}).get("tgt_lang", "en")
     updates = []
     for i in range(MAX_SENTENCES):
         row = rows[i] if i < len(rows) else None
         figure = row["attention_figure"] if row else None
+        n = len(row["n_best"]) if row else 0
         updates += [gr.Column(visible=row is not None),
                     sentence_html(row, i + 1, tgt_lang) if row else "",
+                    gr.Radio(choices=[(f"#{r}", r) for r in range(1, n + 1)], value=1, visible=n > 1 and figure is not None),
                     gr.Plot(value=plot_value(figure), visible=figure is not None,
                             label=f"Attention, sentence {i + 1}")]
     return updates

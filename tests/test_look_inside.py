@@ -10,17 +10,17 @@ import math
 
 import pytest
 import torch
+from conftest import PAIRS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_search import LEN, SRC, TABLE, W1, W2, ToyModel, V
 
-from conftest import PAIRS
 from nmt.errors import NMTError
 from nmt.search import beam_search, greedy_search
 from nmt.search.core import forced_tokens
 from nmt.search.history import History
 from nmt.search.tree import build_tree
 from nmt.vocabulary import EOS_ID
-from test_search import LEN, SRC, TABLE, V, W1, W2, ToyModel
 
 NAMES = {W1: "w1", W2: "w2", EOS_ID: "</s>"}
 

@@ -1,6 +1,7 @@
-"""Plotly figures: a translation's attention heatmap and a model's training curves.
+"""Plotly figures: a translation's attention heatmap (full size or ``compact`` for a narrow column), the
+beam search's tree (``beam_tree_figure``), per-word probabilities and a model's training curves.
 
-Both work on plain ``nmt`` objects, so a script or notebook can draw them without the app::
+All work on plain ``nmt`` objects, so a script or notebook can draw them without the app::
 
     from nmt import Translator
     from nmt.serving import plots
@@ -13,18 +14,26 @@ client, and an explicit height (an autosized Plotly figure can render at zero he
 
 from __future__ import annotations
 
+import html
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from nmt.checkpoint import finite_number
+from nmt.search.tree import BeamTree, Node
 from nmt.serving.translator import Translation
 
 COLORSCALE = "Blues"
 ROW_PX, MIN_HEIGHT, MAX_HEIGHT = 26, 300, 900
 CURVES_HEIGHT = 340
 UNK_COLOR = "#e8590c"
+COMPACT_FONT, COMPACT_CHAR_PX, COMPACT_TICK_CHARS = 10, 6.5, 8
+COMPACT_ROW_PX, COMPACT_CELL_PX, COMPACT_AUTO_WIDTH = 20, 16, 360
+COMPACT_MIN_HEIGHT, COMPACT_MAX_HEIGHT = 220, 760
+_COMPACT_COLORBAR = {"orientation": "h", "thickness": 8, "len": 0.7, "x": 0.5, "xanchor": "center", "y": -0.02,
+                     "yanchor": "top", "tickfont": {"size": 9}, "title": {"text": "weight", "side": "right",
+                                                                        "font": {"size": 10}}}
 _HOVER = "source: %{customdata[0]}<br>output: %{customdata[1]}<br>weight: %{z:.3f}%{customdata[2]}<extra></extra>"
 
 
@@ -33,12 +42,17 @@ def attention_height(n_rows: int, n_cols: int = 0) -> int:
     return int(min(MAX_HEIGHT, max(MIN_HEIGHT, 140 + ROW_PX * n_rows + 4 * min(n_cols, 20))))
 
 
-def attention_figure(translation: Translation, title: str | None = None, height: int | None = None) -> go.Figure:
+def attention_figure(translation: Translation, title: str | None = None, height: int | None = None,
+                     compact: bool = False) -> go.Figure:
     """Heatmap of ``translation.attention``: x = source tokens, y = output tokens (first at the top).
 
     Cells sit at numeric positions labelled with ``tickvals``/``ticktext``, so a repeated word ("the",
     ".") keeps its own row or column. The colour scale is fixed to [0, 1]; hovering shows both words
     and the weight. Words produced by UNK replacement are outlined on the source word they copy.
+    ``compact=True`` fits a narrow column (300-450 px) or a phone: small tick font, vertical source
+    labels, long words shortened in the ticks (whole in the hover), a thin horizontal colour bar below,
+    tight margins and no axis titles; past about 18 source words it sets a width that keeps every column
+    ``COMPACT_CELL_PX`` wide (wrap the plot in a horizontally scrolling container).
     Raises ``ValueError`` for a model without attention (attention ``none``): there is nothing to draw.
     """
     if translation.attention is None:
@@ -47,19 +61,48 @@ def attention_figure(translation: Translation, title: str | None = None, height:
     weights = np.asarray(translation.attention, dtype=float)
     if weights.shape != (len(out), len(src)):
         raise ValueError(f"attention has shape {weights.shape}, expected ({len(out)}, {len(src)}) (output x source)")
+    colorbar = _COMPACT_COLORBAR if compact else {"title": {"text": "weight"}, "thickness": 12}
     fig = go.Figure(go.Heatmap(
         z=weights.tolist(), x=list(range(len(src))), y=list(range(len(out))), zmin=0.0, zmax=1.0,
-        colorscale=COLORSCALE, colorbar={"title": {"text": "weight"}, "thickness": 12},
+        colorscale=COLORSCALE, colorbar=colorbar,
         customdata=_hover_data(translation), hovertemplate=_HOVER, xgap=1, ygap=1,
     ))
-    fig.update_layout(
-        height=height or attention_height(len(out), len(src)), title={"text": title} if title else None,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10}, plot_bgcolor="white",
-        xaxis=_axis(src, "source", side="top", tickangle=-45),
-        yaxis=_axis(out, "output", autorange="reversed"),
-        shapes=_replacement_shapes(translation),
-    )
+    if compact:
+        fig.update_layout(_compact_layout(src, out, title, height))
+    else:
+        fig.update_layout(
+            height=height or attention_height(len(out), len(src)), title={"text": title} if title else None,
+            margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10}, plot_bgcolor="white",
+            xaxis=_axis(src, "source", side="top", tickangle=-45),
+            yaxis=_axis(out, "output", autorange="reversed"),
+        )
+    fig.update_layout(shapes=_replacement_shapes(translation))
     return fig
+
+
+def compact_attention_size(n_rows: int, src: list[str]) -> tuple[int, int | None]:
+    """(height, width or None) of a compact heatmap: rows of ``COMPACT_ROW_PX``, room for the vertical
+    (shortened) source labels and the colour bar; a width only when the columns would not fit a phone."""
+    label_px = COMPACT_CHAR_PX * max((len(short_token(t, COMPACT_TICK_CHARS)) for t in src), default=1)
+    height = int(min(COMPACT_MAX_HEIGHT, max(COMPACT_MIN_HEIGHT, 70 + label_px + COMPACT_ROW_PX * n_rows)))
+    width = 80 + COMPACT_CELL_PX * len(src)
+    return height, (int(width) if width > COMPACT_AUTO_WIDTH else None)
+
+
+def _compact_layout(src: list[str], out: list[str], title: str | None, height: int | None) -> dict:
+    auto_height, width = compact_attention_size(len(out), src)
+    font = {"size": COMPACT_FONT}
+    src_ticks, out_ticks = ([short_token(t, COMPACT_TICK_CHARS) for t in tokens] for tokens in (src, out))
+    return {"height": height or auto_height, "width": width, "plot_bgcolor": "white",
+            "title": {"text": title, "font": {"size": 13}} if title else None,
+            "margin": {"l": 4, "r": 4, "t": 30 if title else 4, "b": 4},
+            "xaxis": _axis(src_ticks, "", side="top", tickangle=-90, tickfont=font),
+            "yaxis": _axis(out_ticks, "", autorange="reversed", tickfont=font)}
+
+
+def short_token(token: str, limit: int) -> str:
+    """``token`` cut to ``limit`` characters, the last one an ellipsis when it was longer."""
+    return token if len(token) <= limit else token[:max(1, limit - 1)] + "…"
 
 
 def _axis(tokens: list[str], title: str, **extra) -> dict:
@@ -113,3 +156,232 @@ def _line(fig: go.Figure, epochs: list, rows: list[dict], key: str, name: str, c
                                  connectgaps=False), row=1, col=col)
 
 
+
+
+# The beam tree. Steps are TREE_STEP_PX apart (the figure's width is set from it), rows TREE_ROW_PX.
+TREE_STEP_PX, TREE_ROW_PX, TREE_LABEL_CHARS, TREE_CHAR_PX = 104, 24, 12, 6.6
+TREE_MIN_HEIGHT, TREE_MAX_HEIGHT, TREE_MIN_WIDTH, TREE_MAX_WIDTH = 320, 1100, 480, 6000
+TREE_MARGIN = {"l": 10, "r": 10, "t": 90, "b": 10}
+TREE_COLORSCALE, TREE_BAND_SLACK = "Viridis", 1.2
+BEST_COLOR, FORCED_FILL, PRUNED_TEXT, LEGEND_COLOR = "#c2255c", "rgba(250, 176, 5, 0.16)", "#adb5bd", "#3b8a9e"
+TREE_STATUSES = ("pruned", "kept", "finished")  # drawing order: pruned at the back
+_SYMBOL = {"kept": "circle", "finished": "diamond", "pruned": "circle"}
+_TREE_NAMES = {"kept": "kept (goes on)", "finished": "finished (&lt;/s&gt;)", "pruned": "pruned"}
+_TREE_HOVER = ("<b>%{customdata[1]}</b>  step %{customdata[2]}, %{customdata[6]}%{customdata[7]}"
+               "<br>log p: %{customdata[3]:.3f}<br>cumulative: %{customdata[4]:.3f}"
+               "<br>normalised: %{customdata[5]:.3f}<extra></extra>")
+
+
+def tree_positions(tree: BeamTree) -> dict[int, tuple[int, float]]:
+    """(x, y) per node id, x = step. Within a step the nodes keep their parents' order (one parent's
+    children together, kept and finished before pruned, best score first), so no two edges cross; each
+    sits as near its parent's y as rows one apart allow (a least-squares fit that keeps that order), and
+    each step is shifted, if need be, into a band of TREE_BAND_SLACK times the most nodes of a step."""
+    by_step: dict[int, list[Node]] = {}
+    for node in tree.nodes:
+        by_step.setdefault(node.step, []).append(node)
+    band = max(len(nodes) for nodes in by_step.values()) * TREE_BAND_SLACK
+    y: dict[int, float] = {}
+    for step in sorted(by_step):
+        families: dict[int | None, list[Node]] = {}
+        for node in by_step[step]:
+            families.setdefault(node.parent if node.parent in y else None, []).append(node)
+        order, ideal = [], []
+        for parent in sorted(families, key=lambda p: (-1e9, 0) if p is None else (y[p], p)):
+            children = sorted(families[parent], key=lambda n: (n.status == "pruned", -n.score, n.id))
+            anchor = 0.0 if parent is None else y[parent]
+            order += children
+            ideal += [anchor + i - (len(children) - 1) / 2 for i in range(len(children))]
+        spread = _spread(ideal)
+        shift = -spread[0] if spread[0] < 0 else min(0.0, band - 1 - spread[-1])  # stay in the band
+        y.update((node.id, round(v + shift, 4)) for node, v in zip(order, spread))
+    return {node.id: (node.step, y[node.id]) for node in tree.nodes}
+
+
+def _spread(ideal: list[float], gap: float = 1.0) -> list[float]:
+    """The positions nearest ``ideal`` (least squares) that keep its order and lie ``gap`` or more apart:
+    pool-adjacent-violators on ``ideal[i] - gap * i``."""
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs
+    for i, value in enumerate(ideal):
+        blocks.append([value - gap * i, 1])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    pooled = [total / count for total, count in blocks for _ in range(int(count))]
+    return [z + gap * i for i, z in enumerate(pooled)]
+
+
+def tree_size(positions: dict[int, tuple[int, float]]) -> tuple[int, int]:
+    """(height, width) in pixels: TREE_ROW_PX per row of the tallest spread, TREE_STEP_PX per step."""
+    ys = [y for _, y in positions.values()]
+    steps = max(x for x, _ in positions.values()) + 1
+    height = TREE_MARGIN["t"] + TREE_MARGIN["b"] + 50 + TREE_ROW_PX * (max(ys) - min(ys) + 1)
+    width = TREE_MARGIN["l"] + TREE_MARGIN["r"] + 110 + TREE_STEP_PX * steps
+    return (int(min(TREE_MAX_HEIGHT, max(TREE_MIN_HEIGHT, height))),
+            int(min(TREE_MAX_WIDTH, max(TREE_MIN_WIDTH, width))))
+
+
+def beam_tree_figure(tree: BeamTree, height: int | None = None) -> go.Figure:
+    """The beam search as a tree, after Seq2Seq-Vis (Strobelt et al. 2018): x = output step, one labelled
+    node per candidate, an edge to the hypothesis it extends, colour = cumulative log-probability.
+    Finished hypotheses (</s>) are diamonds, pruned candidates small, faded and lightly labelled, the
+    winning path (``tree.best_path``) drawn thick with outlined nodes; forced prefix steps are shaded.
+    Each node's ``customdata[0]`` is its id (for ``plotly_click``); the hover shows token, log p,
+    cumulative and normalised score and status. The figure's width is set (TREE_STEP_PX per step): put
+    it in a horizontally scrolling container. Raises ``ValueError`` for a tree without nodes."""
+    if not tree.nodes:
+        raise ValueError("the beam tree has no nodes: there is nothing to draw")
+    positions = tree_positions(tree)
+    best = {i for i in tree.best_path if i in positions}
+    auto_height, width = tree_size(positions)
+    steps = max(n.step for n in tree.nodes) + 1
+    x_range = [-0.4, steps - 0.15]
+    step_px = (width - TREE_MARGIN["l"] - TREE_MARGIN["r"]) / (x_range[1] - x_range[0])
+    fig = go.Figure([*_tree_edges(tree, positions, best, step_px),
+                     *(_tree_nodes(tree, status, positions, best) for status in TREE_STATUSES
+                       if any(_status(n) == status for n in tree.nodes)), *_tree_legend(tree.forced > 0)])
+    ys = [y for _, y in positions.values()]
+    fig.update_layout(
+        height=height or auto_height, width=width, margin=TREE_MARGIN, plot_bgcolor="white",
+        hovermode="closest", clickmode="event", showlegend=True, dragmode=False,  # leaves drags to the page
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "font": {"size": 11}},
+        coloraxis={"colorscale": TREE_COLORSCALE, "colorbar": _tree_colorbar(height or auto_height)},
+        xaxis={"tickmode": "array", "tickvals": list(range(steps)), "ticktext": _step_labels(tree, steps),
+               "range": x_range, "showgrid": True, "gridcolor": "#f1f3f5", "zeroline": False,
+               "side": "bottom", "tickfont": {"size": 10}},
+        yaxis={"visible": False, "autorange": False, "range": [max(ys) + 0.8, min(ys) - 0.8]},
+        shapes=_forced_band(tree),
+    )
+    return fig
+
+
+def _status(node: Node) -> str:
+    return node.status if node.status in _SYMBOL else "kept"
+
+
+def _tree_nodes(tree: BeamTree, status: str, positions: dict, best: set[int]) -> go.Scatter:
+    """One trace for the nodes of one status; the best path's nodes bigger, outlined and in bold."""
+    nodes = sorted((n for n in tree.nodes if _status(n) == status), key=lambda n: n.id in best)  # best on top
+    on_best = [n.id in best for n in nodes]
+    pruned = status == "pruned"
+    text_color = [BEST_COLOR if b else PRUNED_TEXT if pruned else "#212529" for b in on_best]
+    return go.Scatter(
+        x=[positions[n.id][0] for n in nodes], y=[positions[n.id][1] for n in nodes], name=_TREE_NAMES[status],
+        mode="markers+text", text=[_node_label(n, b) for n, b in zip(nodes, on_best)], textposition="middle right",
+        textfont={"size": 10 if pruned else 11, "color": text_color}, cliponaxis=False, showlegend=False,
+        marker={"symbol": _SYMBOL[status], "size": [15 if b else 6 if pruned else 11 for b in on_best],
+                "opacity": 0.35 if pruned else 1.0, "color": [n.score for n in nodes], "coloraxis": "coloraxis",
+                "line": {"width": [3 if b else 0.5 for b in on_best],
+                         "color": [BEST_COLOR if b else "white" for b in on_best]}},
+        customdata=[_node_data(n, tree.forced) for n in nodes], hovertemplate=_TREE_HOVER,
+    )
+
+
+def _tree_legend(forced: bool) -> list[go.Scatter]:
+    """Legend entries only (no points): the node traces' own markers take their colours from the scores."""
+    styles = [(_TREE_NAMES["kept"], "circle", 10, 1.0, LEGEND_COLOR),
+              (_TREE_NAMES["finished"], "diamond", 10, 1.0, LEGEND_COLOR),
+              (_TREE_NAMES["pruned"], "circle", 6, 0.35, LEGEND_COLOR)]
+    styles += [("forced prefix", "square", 14, 1.0, "#ffe8a3")] * forced
+    return [go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                       marker={"symbol": symbol, "size": size, "opacity": opacity, "color": color})
+            for name, symbol, size, opacity, color in styles]
+
+
+def _node_label(node: Node, on_best: bool) -> str:
+    label = html.escape(short_token(node.token, TREE_LABEL_CHARS), quote=False)
+    return f"<b>{label}</b>" if on_best else label
+
+
+def _node_data(node: Node, forced: int) -> list:
+    """customdata: id, token, step (1-based), log p, cumulative, normalised, status, a forced-prefix note."""
+    note = " (forced prefix)" if node.step < forced else ""
+    return [node.id, html.escape(node.token, quote=False), node.step + 1, float(node.logp), float(node.score),
+            float(node.normalized), node.status, note]
+
+
+def _tree_edges(tree: BeamTree, positions: dict, best: set[int], step_px: float) -> list[go.Scatter]:
+    """Three traces of segments split by None: edges to pruned nodes (faint), to the others, the best path.
+    An edge leaves its parent after the parent's label (``step_px`` pixels per step) and ends on the
+    child's marker."""
+    by_id = {n.id: n for n in tree.nodes}
+    groups: dict[str, tuple[list, list]] = {"pruned": ([], []), "kept": ([], []), "best": ([], [])}
+    for node in tree.nodes:
+        if node.parent not in positions:
+            continue
+        (px, py), (cx, cy) = positions[node.parent], positions[node.id]
+        key = "best" if node.id in best and node.parent in best else "pruned" if node.status == "pruned" else "kept"
+        xs, ys = groups[key]
+        xs += [px + _label_extent(by_id[node.parent], node.parent in best, step_px), cx, None]
+        ys += [py, cy, None]
+    style = {"pruned": ("#e9ecef", 0.8, "edges to pruned"), "kept": ("#adb5bd", 1.2, "edges"),
+             "best": (BEST_COLOR, 3.5, "best path")}
+    return [go.Scatter(x=xs, y=ys, mode="lines", name=style[k][2], hoverinfo="skip", showlegend=k == "best",
+                       line={"color": style[k][0], "width": style[k][1]}) for k, (xs, ys) in groups.items()]
+
+
+def _label_extent(node: Node, on_best: bool, step_px: float) -> float:
+    """How far (in steps) a node's marker and label reach to its right."""
+    chars = len(short_token(node.token, TREE_LABEL_CHARS))
+    return min(0.8, (10 + (TREE_CHAR_PX + on_best * 0.6) * chars) / step_px)
+
+
+def _step_labels(tree: BeamTree, steps: int) -> list[str]:
+    """Tick labels "1", "2", ...; under each, the best path's word at that step (grey)."""
+    by_id = {n.id: n for n in tree.nodes}
+    words = {by_id[i].step: by_id[i].token for i in tree.best_path if i in by_id}
+    return [f"{s + 1}<br><span style='color:#868e96'>{html.escape(short_token(words.get(s, ''), 10), quote=False)}"
+            "</span>" for s in range(steps)]
+
+
+def _tree_colorbar(height: int) -> dict:
+    """A short horizontal colour bar at the top left, above the legend (at the left, so that it stays in
+    view in a horizontally scrolled container)."""
+    plot_h = max(1, height - TREE_MARGIN["t"] - TREE_MARGIN["b"])
+    return {"orientation": "h", "x": 0, "xanchor": "left", "y": 1.0 + 40 / plot_h, "yanchor": "bottom",
+            "len": 160, "lenmode": "pixels", "thickness": 10, "tickfont": {"size": 9},
+            "title": {"text": "cumulative log p", "side": "right", "font": {"size": 10}}}
+
+
+def _forced_band(tree: BeamTree) -> list[dict]:
+    if tree.forced <= 0:
+        return []
+    return [{"type": "rect", "xref": "x", "yref": "paper", "x0": -0.45, "x1": tree.forced - 0.5, "y0": 0, "y1": 1,
+             "fillcolor": FORCED_FILL, "line": {"width": 0}, "layer": "below"}]
+
+
+LOW_PROB, PROB_COLOR = 0.1, "#1c7ed6"
+PROB_PANEL_PX = 230
+
+
+def token_probability_figure(tokens: list[str], probs: list[float], title: str | None = None,
+                             other: tuple[list[str], list[float]] | None = None) -> go.Figure:
+    """Bars of each word's probability under the model (``p(word | source, the words before it)``):
+    words at numeric positions (repeats kept apart), words below LOW_PROB in orange. ``other`` (the
+    model's own best translation, say) gets a second panel below. Raises ``ValueError`` for no words
+    or a length mismatch."""
+    panels = [("your words" if other else "", tokens, probs)] + ([("model's best", *other)] if other else [])
+    for _, words, values in panels:
+        if not words or len(words) != len(values):
+            raise ValueError(f"need one probability per word (got {len(words)} words, {len(values)} probabilities)")
+    fig = make_subplots(rows=len(panels), cols=1, vertical_spacing=0.28 if other else 0.1,
+                        subplot_titles=[name for name, _, _ in panels] if other else None)
+    for row, (name, words, values) in enumerate(panels, start=1):
+        ps = [min(1.0, max(0.0, finite_number(p) or 0.0)) for p in values]
+        fig.add_trace(go.Bar(
+            x=list(range(len(words))), y=ps, name=name or "probability", customdata=list(words),
+            marker={"color": [UNK_COLOR if p < LOW_PROB else PROB_COLOR for p in ps]},
+            text=[f"{p:.0%}" for p in ps], textposition="outside", cliponaxis=False, textfont={"size": 10},
+            hovertemplate="%{customdata}<br>p = %{y:.3f}<extra></extra>",
+        ), row=row, col=1)
+        fig.update_xaxes(tickmode="array", tickvals=list(range(len(words))),
+                         ticktext=[short_token(w, 12) for w in words], tickangle=-45 if len(words) > 8 else 0,
+                         row=row, col=1)
+    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", title_text="p", fixedrange=True)
+    top = (40 if title else 0) + (30 if other else 10)
+    fig.update_layout(height=PROB_PANEL_PX * len(panels) + top, showlegend=False, bargap=0.25, plot_bgcolor="white",
+                      title={"text": title, "y": 1.0, "yanchor": "top", "yref": "container", "pad": {"t": 8}}
+                      if title else None, uniformtext={"minsize": 9, "mode": "show"},
+                      margin={"l": 10, "r": 10, "t": top, "b": 10})
+    return fig

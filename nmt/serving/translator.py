@@ -70,7 +70,7 @@ class Translator:
     @classmethod
     def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
              token: str | None = None, max_parameters: int = MAX_PARAMETERS,
-             cache_dir: str | Path | None = None) -> "Translator":
+             cache_dir: str | Path | None = None) -> Translator:
         """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``),
         downloaded to ``cache_dir`` (default: the Hub's cache). Models with more than ``max_parameters``
         are refused before their weights are downloaded or read."""
@@ -91,14 +91,14 @@ class Translator:
         return cfg
 
     def translate(self, sentences: list[str], config: DecodeConfig | None = None, engine: EngineConfig | None = None,
-                  lexicon: dict[str, str] | str | Path | None = None, prefix: list[str] | None = None,
+                  lexicon: dict[str, str] | str | Path | None = None, prefix: list[str] | list[list[str]] | None = None,
                   **overrides) -> list[Translation]:
         """Translate raw sentences with ``config`` (default: the checkpoint's ``decode`` settings; one
         given replaces them all), run by ``engine`` (default: ``EngineConfig()``); keyword ``overrides``
         change single fields of either (``beam_size=10``, ``int8=True``). ``lexicon``: for UNK
         replacement, a dict or a file path (default: ``config.lexicon``, else the checkpoint's own).
-        ``prefix``: one string per sentence ("" for none), tokenized like the target: search continues
-        from it ("what if the translation began like this?"); ``Translation.forced`` counts its tokens."""
+        ``prefix``: one string per sentence ("" for none), tokenized like the target, or its tokens: search
+        continues from it ("what if the translation began like this?"); ``Translation.forced`` counts them."""
         cfg, engine_cfg = self._configs(config, engine, overrides)
         if cfg.replace_unk and not self.has_attention:
             raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
@@ -118,7 +118,7 @@ class Translator:
                            f"{'a string' if isinstance(prefix, str) else len(prefix)}")
         vocab, out = self.checkpoint.tgt_vocab, []
         for text in prefix:
-            tokens = self.tgt_tok.tokenize(text or "")
+            tokens = list(text) if isinstance(text, (list, tuple)) else self.tgt_tok.tokenize(text or "")
             unknown = [t for t in tokens if t not in vocab.stoi or vocab.stoi[t] in SPECIAL_IDS]
             if unknown:
                 shown = ", ".join(repr(t[:40]) for t in dict.fromkeys(unknown[:5]))
@@ -175,7 +175,7 @@ class Translator:
                            best.replacements, forced)
 
     def beam_tree(self, source: str, config: DecodeConfig | None = None, engine: EngineConfig | None = None,
-                  prefix: str = "", **overrides) -> BeamTree:
+                  prefix: str | list[str] = "", **overrides) -> BeamTree:
         """The beam search of one sentence as a tree (``nmt.search.tree``): every candidate each step
         weighed, kept, pruned or finished, recorded by the same search ``translate`` runs (settings
         as there; ``n_best`` does not matter), so its best path is ``translate``'s best hypothesis.
