@@ -222,7 +222,7 @@ def score(text: str, direction: str | None = None, attention: str = "general", h
             more.append(f"Unknown to the model (scored as <unk>): {', '.join(dict.fromkeys(unknown))}.")
         if not translator.has_attention:
             more.append("This model has no attention (attention 'none'): there is no heatmap to show.")
-        return verdict.message, notes + more, {
+        return f"Scored your translation with {model['name']}: {verdict.kind}", notes + more, {
             "model": model_json(model), "sentence": sentence, "verdict": verdict.kind, "message": verdict.message,
             "difference": verdict.difference, "unknown_words": list(dict.fromkeys(unknown)),
             "yours": scored_json(verdict.yours, words), "model_best": scored_json(verdict.best)}

@@ -1,6 +1,6 @@
 """The look-inside tab: its layout, its events, and the script that turns a click on a beam-tree
 node into a "what if" (Gradio's Plot has no click event: the script hands the clicked node's id to a
-hidden textbox, whose input event does the rest)."""
+hidden textbox, whose change event does the rest)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ CSS = """
 #beam-tree, #whatif-tree, [id^="compare-heatmap-"] {overflow-x: auto !important}  /* wide figures scroll */
 .nmt-chips {line-height: 2.1em; margin: 4px 0}
 .nmt-chip {border-radius: 4px; padding: 1px 4px; margin-right: 3px; white-space: nowrap}
-.nmt-chip sub {font-size: 0.65em; margin-left: 2px; color: var(--body-text-color-subdued)}
+.nmt-chip {color: var(--body-text-color)}
+.nmt-chip sub {font-size: 0.7em; margin-left: 2px; opacity: 0.8}
 .nmt-chip.nmt-low {outline: 2px solid #e8590c}
 .nmt-forced {background: #d3f9d8; color: #000; border-radius: 3px; padding: 0 3px}
 .nmt-match {background: #ffec99; color: #000; border-radius: 3px; padding: 0 2px}
@@ -34,7 +35,7 @@ CSS = """
 .nmt-model-error {background: #ffe3e3}
 """
 # Run once when the page loads: every beam-tree plot (drawn again at each result) gets a click listener
-# that writes "node id:time" into the hidden #clicked-node textbox and fires its input event.
+# that writes "node id:time" into the hidden #clicked-node textbox (an input event: Gradio's change follows).
 JS = """
 () => {
   const hook = () => {
@@ -109,14 +110,16 @@ def inside_tab() -> dict:
     return c
 
 
-def wire_inside(c: dict, model: list, beam, unk) -> None:
-    """The tab's events; ``model``: the direction, attention and Hub id components; the four endpoints are public."""
+def wire_inside(c: dict, model: list, beam, unk) -> tuple[dict, dict]:
+    """The tab's events; ``model``: the direction, attention and Hub id components; the four endpoints are public.
+    Returns the two steps of showing the tree (search, then draw), for other buttons to chain."""
     private = {"api_visibility": "private"}
     limits = {"concurrency_limit": CONCURRENCY, "concurrency_id": "translate"}
-    c["tree_button"].click(beam_tree, [c["sentence"], *model, beam], [c["status"], c["tree_result"]],
-                           api_name="beam_tree", **limits).then(
-        render_tree, c["tree_result"], [c["summary"], c["tree_plot"], c["position"], c["word"], c["nn_word"]],
-        **private)
+    run_tree = {"fn": beam_tree, "inputs": [c["sentence"], *model, beam], "outputs": [c["status"], c["tree_result"]],
+                **limits}
+    show_tree = {"fn": render_tree, "inputs": c["tree_result"],
+                 "outputs": [c["summary"], c["tree_plot"], c["position"], c["word"], c["nn_word"]], **private}
+    c["tree_button"].click(**run_tree, api_name="beam_tree").then(**show_tree)
     c["position"].change(on_position, [c["tree_result"], c["position"]], c["word"], **private)
     c["word"].change(on_word, [c["tree_result"], c["position"], c["word"]], c["prefix"], **private)
     run_what_if = {"fn": what_if, "inputs": [c["sentence"], *model, beam, c["prefix"], unk],
@@ -124,7 +127,7 @@ def wire_inside(c: dict, model: list, beam, unk) -> None:
     show_what_if = {"fn": render_what_if, "inputs": c["whatif_result"],
                     "outputs": [c["whatif_html"], c["whatif_plot"], c["whatif_tree"]], **private}
     c["whatif_button"].click(**run_what_if, api_name="what_if").then(**show_what_if)
-    c["clicked"].input(on_node_click, [c["clicked"], c["tree_result"]], c["prefix"], **private).then(
+    c["clicked"].change(on_node_click, [c["clicked"], c["tree_result"]], c["prefix"], **private).then(
         **run_what_if, **private).then(**show_what_if)
     c["score_button"].click(score, [c["sentence"], *model, beam, c["yours"]], [c["score_status"], c["score_result"]],
                             api_name="score", **limits).then(
@@ -133,3 +136,4 @@ def wire_inside(c: dict, model: list, beam, unk) -> None:
     c["nn_button"].click(neighbors, [c["sentence"], *model, c["nn_translation"], c["nn_word"], c["side"], c["k"]],
                          [c["nn_status"], c["nn_result"]], api_name="neighbors", **limits).then(
         render_neighbors, c["nn_result"], c["nn_html"], **private)
+    return run_tree, show_tree

@@ -30,7 +30,7 @@ def prob_chips(scored: dict) -> str:
         preferred = ", ".join(f"{a['word']} {a['prob']:.0%}" for a in alts[:5])
         tip = html.escape(f"p = {prob:.3f} (log {logp:.2f}); the model's top words here: {preferred}", quote=True)
         kind = "nmt-low" if prob < LOW_PROB else ""
-        shade = f"background: rgba(28, 126, 214, {0.15 + 0.6 * prob:.2f})"
+        shade = f"background: rgba(28, 126, 214, {0.08 + 0.45 * prob:.2f})"
         chips.append(f'<span class="nmt-chip {kind}" style="{shade}" title="{tip}">{html.escape(word)}'
                      f'<sub>{prob:.0%}</sub></span>')
     return f'<div class="nmt-chips" dir="auto">{"".join(chips)}</div>'

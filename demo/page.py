@@ -185,10 +185,9 @@ def wire(c: SimpleNamespace) -> None:
     for i in range(MAX_SENTENCES):
         pick, plot = c.slots[4 * i + 2], c.slots[4 * i + 3]
         pick.input(pick_candidate(i), [pick, c.result], plot, **private)
-    wire_inside(c.inside, [c.direction, c.attention, c.hub_id], c.beam, c.unk)
+    run_tree, show_tree = wire_inside(c.inside, [c.direction, c.attention, c.hub_id], c.beam, c.unk)
     c.inside_button.click(first_sentence, c.text, c.inside["sentence"], **private).then(
-        lambda: gr.Tabs(selected="inside"), None, c.tabs, **private).then(
-        lambda: None, None, None, js="() => document.querySelector('#tree-button').click()", **private)
+        lambda: gr.Tabs(selected="inside"), None, c.tabs, **private).then(**run_tree, **private).then(**show_tree)
 
 
 def first_sentence(text: str | None) -> str:

@@ -76,7 +76,8 @@ def test_scoring_the_models_own_translation_and_a_worse_one(client):
     _, same = call(client, "/score", SENTENCE, 5, "A dog runs.")
     assert same["verdict"] == "same" and same["difference"] == pytest.approx(0.0, abs=1e-5)
     status, worse = call(client, "/score", SENTENCE, 5, "A cat runs.")
-    assert worse["verdict"] == "model error" and worse["difference"] < 0 and "Model error" in status
+    assert worse["verdict"] == "model error" and worse["difference"] < 0 and "model error" in status
+    assert worse["message"].startswith("Model error: the model prefers its own")
     yours = worse["yours"]
     assert yours["words"] == ["A", "cat", "runs", ".", "</s>"] and len(yours["token_log_probs"]) == 5
     assert yours["alternatives"][1][0]["word"] == "dog"  # what the model wanted instead of "cat"

@@ -109,3 +109,95 @@ def test_clicking_an_example_fills_the_input(page, server):
     example_text = example.inner_text().strip().rstrip("…")
     example.click()
     expect(page.locator("#input-text textarea")).to_have_value(re.compile("^" + re.escape(example_text[:20])))
+
+
+def no_overlap(boxes: list[dict]) -> bool:
+    """Consecutive tick labels' boxes do not overlap horizontally (each word readable on its own)."""
+    boxes = sorted(boxes, key=lambda b: b["x"])
+    return all(a["x"] + a["width"] <= b["x"] + 0.5 for a, b in zip(boxes, boxes[1:]))
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_compare_heatmaps_keep_every_source_word_readable(page, server, artifacts, width):
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(server.url)
+    page.locator("#input-text textarea").fill("Der Mann trägt einen roten Hut.")
+    page.locator("#compare-button").click()
+    page.locator("#compare-heatmap-concat .js-plotly-plot").wait_for(state="visible")
+    for kind in ("dot", "general", "concat"):
+        ticks = page.locator(f"#compare-heatmap-{kind} .xtick text")
+        assert ticks.all_text_contents() == ["Der", "Mann", "trägt", "einen", "roten", "Hut", "."]
+        assert no_overlap([t.bounding_box() for t in ticks.all()]), f"{kind}: source words overlap at {width} px"
+        assert page.locator(f"#compare-heatmap-{kind}").bounding_box()["width"] >= min(300, width - 60)
+    screenshot(page, artifacts, f"compare-{width}.png")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def click_tree_node(page, plot: str, token: str, step: int) -> None:
+    """Click the marker of the beam-tree node labelled ``token`` at ``step`` (1-based); a node's label and
+    marker are the same point of one trace."""
+    step_x = [t.bounding_box()["x"] for t in page.locator(f"{plot} .xtick text").all()
+              if t.text_content().strip().startswith(str(step))]
+    for trace in page.locator(f"{plot} .scatterlayer .trace").all():
+        labels, points = trace.locator(".textpoint text"), trace.locator(".points path")
+        for i in range(min(labels.count(), points.count())):
+            if labels.nth(i).text_content().strip() != token:
+                continue
+            points.nth(i).scroll_into_view_if_needed()
+            box = points.nth(i).bounding_box()
+            if step_x and abs(page.locator(f"{plot} .xtick text").nth(step - 1).bounding_box()["x"] - box["x"]) < 40:
+                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                return
+    raise AssertionError(f"no node {token!r} at step {step} in {plot}")
+
+
+def test_look_inside_click_the_tree_pick_a_word_and_score_a_translation(page, server, tiny_translators, artifacts):
+    from playwright.sync_api import expect
+
+    page.goto(server.url)
+    page.locator("#input-text textarea").fill("Ein Hund läuft.")
+    page.locator("#inside-button").click()
+    page.locator("#beam-tree .js-plotly-plot").wait_for(state="visible")
+    expect(page.locator("#inside-summary")).to_contain_text("A dog runs.")
+    screenshot(page, artifacts, "inside-tree.png")
+
+    tree = tiny_translators["general"].beam_tree("Ein Hund läuft.", beam_size=5)
+    second = sorted((n for n in tree.nodes if n.step == 1 and n.token not in ("dog", "</s>")), key=lambda n: -n.score)[0]
+    click_tree_node(page, "#beam-tree", second.token, 2)
+    prefix = "A " + second.token
+    expect(page.locator("#whatif-prefix textarea")).to_have_value(prefix)
+    expect(page.locator("#whatif-result mark.nmt-forced")).to_have_text(prefix)
+    [want] = tiny_translators["general"].translate(["Ein Hund läuft."], prefix=[prefix])
+    expect(page.locator("#whatif-result")).to_contain_text(want.text[len(prefix):].strip())
+    page.locator("#whatif-heatmap .js-plotly-plot").wait_for(state="visible")
+
+    page.locator("#whatif-position input").click()
+    page.get_by_role("option", name="3. runs", exact=True).click()
+    page.locator("#whatif-word input").click()
+    page.get_by_role("option").first.click()
+    expect(page.locator("#whatif-prefix textarea")).to_have_value(re.compile(r"^A dog \S+$"))
+    page.locator("#whatif-button").click()
+    expect(page.locator("#whatif-status")).to_contain_text("forced words")
+
+    page.locator("#score-input textarea").fill("A cat runs.")
+    page.locator("#score-button").click()
+    expect(page.locator("#score-result")).to_contain_text("Model error")
+    page.locator("#score-heatmap .js-plotly-plot").wait_for(state="visible")
+    assert page.locator("#score-heatmap .ytick text").all_text_contents() == ["A", "cat", "runs", ".", "</s>"]
+    screenshot(page, artifacts, "inside-whatif-score.png")
+    page.set_viewport_size({"width": 390, "height": 900})
+    screenshot(page, artifacts, "inside-phone.png")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def test_each_n_best_candidate_shows_its_own_heatmap(page, server, tiny_translators):
+    from playwright.sync_api import expect
+
+    page.goto(server.url)
+    page.locator("#input-text textarea").fill("Ein Hund läuft.")
+    page.locator("#translate-button").click()
+    page.locator("#heatmap-0 .js-plotly-plot").wait_for(state="visible")
+    [r] = tiny_translators["general"].translate(["Ein Hund läuft."], beam_size=5, n_best=3, int8=True)
+    page.locator("#candidate-0 label", has_text="#2").click()
+    expect(page.locator("#heatmap-0 .ytick text").first).to_have_text(r.n_best[1].tokens[0])
+    assert page.locator("#heatmap-0 .ytick text").all_text_contents() == r.n_best[1].tokens

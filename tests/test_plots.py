@@ -239,17 +239,3 @@ def test_compact_heatmap_keeps_a_minimum_cell_size_and_the_default_is_unchanged(
     default = as_json(plots.attention_figure(translation(src[:6], out[:6])))["layout"]
     assert default["xaxis"]["tickangle"] == -45 and default["xaxis"]["title"]["text"] == "source"
     assert "width" not in default and default["height"] == plots.attention_height(6, 6)
-
-
-def test_token_probability_figure():
-    tokens, probs = ["a", "dog", "a", "runs"], [0.5, 0.02, 0.4, 0.9]
-    figure = as_json(plots.token_probability_figure(tokens, probs, title="yours", other=(["a", "dog"], [0.6, 0.7])))
-    mine, theirs = figure["data"]
-    assert mine["x"] == [0, 1, 2, 3] and mine["y"] == probs and mine["customdata"] == tokens
-    assert figure["layout"]["xaxis"]["ticktext"] == tokens and theirs["x"] == [0, 1]
-    assert mine["marker"]["color"][1] == plots.UNK_COLOR != mine["marker"]["color"][0]  # an unlikely word stands out
-    assert figure["layout"]["height"] > 0
-    with pytest.raises(ValueError):
-        plots.token_probability_figure(["a"], [0.1, 0.2])
-    with pytest.raises(ValueError):
-        plots.token_probability_figure([], [])

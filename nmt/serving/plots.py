@@ -1,5 +1,5 @@
 """Plotly figures: a translation's attention heatmap (full size or ``compact`` for a narrow column), the
-beam search's tree (``beam_tree_figure``), per-word probabilities and a model's training curves.
+beam search's tree (``beam_tree_figure``) and a model's training curves.
 
 All work on plain ``nmt`` objects, so a script or notebook can draw them without the app::
 
@@ -107,15 +107,21 @@ def short_token(token: str, limit: int) -> str:
 
 def _axis(tokens: list[str], title: str, **extra) -> dict:
     """A categorical-looking axis over numeric positions: one tick per token, repeats kept apart."""
-    return {"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": tokens,
+    return {"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [_plain(t) for t in tokens],
             "title": {"text": title}, "showgrid": False, "zeroline": False, "automargin": True, **extra}
+
+
+def _plain(text: str) -> str:
+    """``text`` as Plotly shows it literally: its labels and hovers read a few HTML tags ("</s>" would vanish)."""
+    return html.escape(text, quote=False)
 
 
 def _hover_data(translation: Translation) -> list[list[list[str]]]:
     """Per cell: source word, output word, and a note for output words that UNK replacement produced."""
-    notes = {r.position: f"<br>UNK replaced: copied from source word '{r.source_word}'"
+    notes = {r.position: f"<br>UNK replaced: copied from source word '{_plain(r.source_word)}'"
              for r in translation.replacements}
-    return [[[s, o, notes.get(i, "")] for s in translation.src_tokens] for i, o in enumerate(translation.tokens)]
+    return [[[_plain(s), _plain(o), notes.get(i, "")] for s in translation.src_tokens]
+            for i, o in enumerate(translation.tokens)]
 
 
 def _replacement_shapes(translation: Translation) -> list[dict]:
@@ -349,39 +355,3 @@ def _forced_band(tree: BeamTree) -> list[dict]:
         return []
     return [{"type": "rect", "xref": "x", "yref": "paper", "x0": -0.45, "x1": tree.forced - 0.5, "y0": 0, "y1": 1,
              "fillcolor": FORCED_FILL, "line": {"width": 0}, "layer": "below"}]
-
-
-LOW_PROB, PROB_COLOR = 0.1, "#1c7ed6"
-PROB_PANEL_PX = 230
-
-
-def token_probability_figure(tokens: list[str], probs: list[float], title: str | None = None,
-                             other: tuple[list[str], list[float]] | None = None) -> go.Figure:
-    """Bars of each word's probability under the model (``p(word | source, the words before it)``):
-    words at numeric positions (repeats kept apart), words below LOW_PROB in orange. ``other`` (the
-    model's own best translation, say) gets a second panel below. Raises ``ValueError`` for no words
-    or a length mismatch."""
-    panels = [("your words" if other else "", tokens, probs)] + ([("model's best", *other)] if other else [])
-    for _, words, values in panels:
-        if not words or len(words) != len(values):
-            raise ValueError(f"need one probability per word (got {len(words)} words, {len(values)} probabilities)")
-    fig = make_subplots(rows=len(panels), cols=1, vertical_spacing=0.28 if other else 0.1,
-                        subplot_titles=[name for name, _, _ in panels] if other else None)
-    for row, (name, words, values) in enumerate(panels, start=1):
-        ps = [min(1.0, max(0.0, finite_number(p) or 0.0)) for p in values]
-        fig.add_trace(go.Bar(
-            x=list(range(len(words))), y=ps, name=name or "probability", customdata=list(words),
-            marker={"color": [UNK_COLOR if p < LOW_PROB else PROB_COLOR for p in ps]},
-            text=[f"{p:.0%}" for p in ps], textposition="outside", cliponaxis=False, textfont={"size": 10},
-            hovertemplate="%{customdata}<br>p = %{y:.3f}<extra></extra>",
-        ), row=row, col=1)
-        fig.update_xaxes(tickmode="array", tickvals=list(range(len(words))),
-                         ticktext=[short_token(w, 12) for w in words], tickangle=-45 if len(words) > 8 else 0,
-                         row=row, col=1)
-    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", title_text="p", fixedrange=True)
-    top = (40 if title else 0) + (30 if other else 10)
-    fig.update_layout(height=PROB_PANEL_PX * len(panels) + top, showlegend=False, bargap=0.25, plot_bgcolor="white",
-                      title={"text": title, "y": 1.0, "yanchor": "top", "yref": "container", "pad": {"t": 8}}
-                      if title else None, uniformtext={"minsize": 9, "mode": "show"},
-                      margin={"l": 10, "r": 10, "t": top, "b": 10})
-    return fig
