@@ -4,8 +4,8 @@
 
 On a shared, noisy machine, figures of separate processes minutes apart can differ by more than
 a change does; alternating in one process compares like with like. The old tree's ``nmt/`` is
-copied to a temporary folder as the package ``nmt_old`` (it must use relative imports, as this
-project did up to 2026-12-01), and both are driven through public entry points only:
+copied to a temporary folder as the package ``nmt_old`` (its absolute imports rewritten), and both
+are driven through public entry points only:
 ``Translator.translate`` (one sentence at a time, and batches of 30) and ``Trainer.train_step``
 (the reference model on Multi30k batches). Prints medians; asserts nothing.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib
+import re
 import shutil
 import statistics
 import sys
@@ -30,13 +32,16 @@ DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 
 def import_old(tree: Path):
+    """The old tree's Translator and Trainer, its ``nmt`` imported as ``nmt_old`` (absolute imports
+    of ``nmt`` are rewritten; the layout before and after nmt/serving and nmt/training are both found)."""
     folder = Path(tempfile.mkdtemp(prefix="nmt-old-"))
     shutil.copytree(tree / "nmt", folder / "nmt_old")
+    for path in (folder / "nmt_old").rglob("*.py"):
+        text = path.read_text()
+        path.write_text(re.sub(r"\b(from|import) nmt(\.|\b)", r"\1 nmt_old\2", text))
     sys.path.insert(0, str(folder))
-    import nmt_old.training as old_training  # noqa: PLC0415
-    import nmt_old.translator as old_translator  # noqa: PLC0415
-
-    return old_translator.Translator, old_training.Trainer
+    translator = "nmt_old.serving.translator" if (folder / "nmt_old/serving").is_dir() else "nmt_old.translator"
+    return importlib.import_module(translator).Translator, importlib.import_module("nmt_old.training").Trainer
 
 
 def alternate(rounds: int, runs: dict) -> dict[str, list[float]]:

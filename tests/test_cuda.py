@@ -162,3 +162,17 @@ def test_graph_replays_never_wait_for_the_gpu(tiny_translator):
             torch.cuda.set_sync_debug_mode("default")
         assert bool(beams.stopped.all())
     assert not [s for s in syncs if "synchroniz" in s]
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_prefixes_beam_trees_and_scores_on_the_gpu_match_the_cpu(tiny_translator, beam):
+    """A forced prefix (searched eagerly: graphs have fixed steps), the beam tree and forced decoding."""
+    gpu = on_gpu(tiny_translator)
+    prefixes = ["", "A", "Two men", "The", "", "A man rides"] + [""] * (len(SOURCES) - 6)
+    a = tiny_translator.translate(SOURCES, beam_size=beam, prefix=prefixes, replace_unk=False)
+    b = gpu.translate(SOURCES, beam_size=beam, prefix=prefixes, replace_unk=False)
+    assert [t.tokens for t in a] == [t.tokens for t in b] and [t.forced for t in a] == [t.forced for t in b]
+    tree_cpu, tree_gpu = (t.beam_tree(SOURCES[0], beam_size=beam, prefix="A") for t in (tiny_translator, gpu))
+    assert [tree_gpu.nodes[i].token for i in tree_gpu.best_path] == [tree_cpu.nodes[i].token for i in tree_cpu.best_path]
+    sa, sb = (t.score(SOURCES, [r.text for r in a]) for t in (tiny_translator, gpu))
+    assert [x.score for x in sb] == pytest.approx([x.score for x in sa], abs=1e-4)
