@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from nmt.config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
 from nmt.errors import CheckpointError
-from nmt.hub import LEXICON_FILE, PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
+from nmt.hub import INDEX_FILES, LEXICON_FILE, PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
 from nmt.model.seq2seq import Seq2Seq
 from nmt.safe_io import KIB, MAX_LEXICON_BYTES, MIB, checkpoint_file, decode_lines, read_capped
 from nmt.vocabulary import Vocabulary
@@ -34,6 +34,8 @@ CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB, METRICS = REQUIRED_FILES + ("metrics.json
 MAX_PARAMETERS = 500_000_000  # 2 GB as fp32; the app sets a lower limit (NMT_MAX_PARAMETERS)
 MAX_CONFIG_BYTES, MAX_VOCAB_BYTES, MAX_METRICS_BYTES = 256 * KIB, 64 * MIB, 4 * MIB
 MAX_HEADER_BYTES = 1 * MIB  # a safetensors header of this model family is a few KB
+# The nearest-neighbour index (nmt.serving.neighbors): settings, arrays (~20 MB for Multi30k), each side's sentences.
+MAX_INDEX_CONFIG_BYTES, MAX_INDEX_ARRAYS_BYTES, MAX_INDEX_TEXT_BYTES = 64 * KIB, 256 * MIB, 64 * MIB
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 
@@ -217,7 +219,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
 def download_limits(max_parameters: int) -> dict[str, int]:
     """The largest file of each name a checkpoint download may bring (see ``nmt.hub.resolve_checkpoint``)."""
     return {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: max_weights_bytes(max_parameters), SRC_VOCAB: MAX_VOCAB_BYTES,
-            TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, LEXICON_FILE: MAX_LEXICON_BYTES}
+            TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, LEXICON_FILE: MAX_LEXICON_BYTES,
+            **dict(zip(INDEX_FILES, (MAX_INDEX_CONFIG_BYTES, MAX_INDEX_ARRAYS_BYTES, MAX_INDEX_TEXT_BYTES,
+                                     MAX_INDEX_TEXT_BYTES)))}
 
 
 def max_weights_bytes(n_parameters: int) -> int:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m nmt {train,translate,evaluate,push}``.
+"""Command line: ``python -m nmt {train,translate,evaluate,push,index}``.
 
 Flags map one to one onto the config dataclasses (``emb_size`` -> ``--emb-size``;
 booleans get ``--flag/--no-flag``).
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--ref", required=True, help="reference translations (raw text)")
             p.add_argument("--output", default="", help="also write the translations here")
+
+    index = sub.add_parser("index", help="index the hidden states of the training data (nearest training examples)")
+    index.add_argument("--model", required=True, help="checkpoint folder (the index files are written into it)")
+    index.add_argument("--src", required=True, help="training source file (plain or .gz)")
+    index.add_argument("--tgt", required=True, help="training target file (plain or .gz)")
+    index.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: %(default)s)")
+    index.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
     push = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
     push.add_argument("--model", required=True, help="checkpoint folder")
@@ -188,7 +195,28 @@ def cmd_push(args) -> None:
     print(push_checkpoint(args.model, args.repo_id, private=args.private, revision=args.revision))
 
 
-COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "push": cmd_push}
+def cmd_index(args) -> None:
+    from nmt.data import read_parallel
+    from nmt.errors import DataError
+    from nmt.hub import INDEX_FILES
+    from nmt.serving.neighbors import IndexSettings, build_index
+    from nmt.serving.translator import Translator
+
+    if not Path(args.model).is_dir():
+        raise DataError(f"{args.model}: no such checkpoint folder (the index is written into a local checkpoint folder)")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    sources, targets = read_parallel(args.src, args.tgt)
+    translator = Translator.load(Path(args.model), device=args.device)
+    config = build_index(translator, sources, targets, args.model, IndexSettings(batch_size=args.batch_size))
+    size = sum((Path(args.model) / name).stat().st_size for name in INDEX_FILES) / 1e6
+    print(f"indexed {config['sentences']:,} sentence pairs: {config['target']['positions']:,} target and "
+          f"{config['source']['positions']:,} source states, {size:.1f} MB in {args.model} "
+          f"({config['build_seconds']:.0f} s)")
+
+
+COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "push": cmd_push,
+            "index": cmd_index}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import PAIRS
 from test_app import AppServer, app_env, build_catalog, free_port
 
 from nmt.serving.inspection import judge, path_tokens
+from nmt.serving.neighbors import IndexSettings, build_index
+from nmt.serving.translator import Translator
 from nmt.serving.scoring import Scored
 
 SENTENCE = "Ein Hund läuft."
@@ -23,6 +26,9 @@ SENTENCE = "Ein Hund läuft."
 def server(tmp_path_factory, tiny_translators):
     tmp = tmp_path_factory.mktemp("app-inside")
     checkpoints = build_catalog(tmp / "checkpoints", tiny_translators)
+    folder = checkpoints / "de-en-general"  # the only one with an index
+    build_index(Translator.load(folder), [s for s, _ in PAIRS], [t for _, t in PAIRS],
+                settings=IndexSettings(target_candidates=12, source_candidates=12, opq_iterations=5))
     with AppServer(app_env(checkpoints, tmp, free_port()), tmp / "server.log") as app:
         yield app
 
@@ -96,13 +102,29 @@ def test_scoring_explains_unknown_words_and_models_without_attention(client):
     assert none["ok"] and none["yours"]["attention_figure"] is None and "no attention" in status
 
 
+def test_neighbors_find_the_training_pair_of_a_training_sentence(client):
+    """A training sentence's own states are nearest to themselves: its pair comes first, on both sides."""
+    status, result = call(client, "/neighbors", SENTENCE, "A dog runs.", 1, "target", 3)
+    assert result["ok"], status
+    first = result["neighbors"][0]
+    assert (first["source"], first["target"]) == PAIRS[0] and first["position"] == 1
+    assert first["tokens"][first["position"]] == "dog" and result["word"] == "dog"
+    assert first["distance"] == pytest.approx(0.0, abs=1e-3) and len(result["neighbors"]) == 3
+    _, source_side = call(client, "/neighbors", SENTENCE, "", 1, "source", 3)
+    assert source_side["neighbors"][0]["tokens"][source_side["neighbors"][0]["position"]] == "Hund"
+    _, own = call(client, "/neighbors", SENTENCE, "", 1, "target", 3)  # (the model's own translation)
+    assert own["ok"] and own["neighbors"][0]["target"] == "A dog runs."
+    _, far = call(client, "/neighbors", SENTENCE, "A dog runs.", 40, "target", 3)
+    assert not far["ok"] and "out of range" in far["error"]
+
+
 def test_neighbors_without_an_index_say_so(client):
-    _, result = call(client, "/neighbors", SENTENCE, "", 0, "target", 5)
+    _, result = call(client, "/neighbors", SENTENCE, "", 0, "target", 5, attention="dot")
     assert not result["ok"] and "index" in result["error"] and "python -m nmt index" in result["error"]
-    _, bad = call(client, "/neighbors", SENTENCE, "", 0, "sideways", 5)
-    assert not bad["ok"] and "side must be" in bad["error"]
-    _, many = call(client, "/neighbors", SENTENCE, "", 0, "target", 500)
-    assert not many["ok"] and "between 1 and 20" in many["error"]
+    with pytest.raises(Exception, match="not in the list of choices"):  # (Gradio checks the radio's choices)
+        call(client, "/neighbors", SENTENCE, "", 0, "sideways", 5)
+    with pytest.raises(Exception, match="greater than maximum value 20"):  # (and the slider's range)
+        call(client, "/neighbors", SENTENCE, "", 0, "target", 500)
 
 
 def test_every_n_best_candidate_has_its_own_attention(client):

@@ -20,6 +20,7 @@ from nmt.search import Hypothesis, beam_search
 from nmt.search.core import forced_tokens
 from nmt.search.history import History
 from nmt.search.tree import BeamTree, build_tree
+from nmt.serving.neighbors import Neighbor, find_neighbors
 from nmt.serving.scoring import Forced, Scored, forced_decoding, normalized_score
 from nmt.serving.unk import Replacement, load_lexicon, replace_unk
 from nmt.tokenization import get_tokenizer
@@ -200,8 +201,6 @@ class Translator:
         """The ``k`` training pairs whose states are nearest to this one's at ``position`` of the
         translation (``side="target"``: the decoder's attentional state; with ``translation`` None,
         the model's own best) or of the source (``side="source"``: the encoder's): ``nmt.serving.neighbors``."""
-        from nmt.serving.neighbors import find_neighbors  # (faiss is imported only when asked for)
-
         return find_neighbors(self, source, translation, position, side, k)
 
     def score(self, sources: list[str], translations: list[str] | list[list[str]], length_penalty: float | None = None,
