@@ -113,7 +113,7 @@ def evaluate(tr, index, states, qs, truth, candidates: int | None = None) -> dic
     """Recall@10 (index end to end, raw quantized search), latency (ms) on one thread."""
     res = {"recall": {}, "raw": {}, "ms": {}, "raw_ms": {}}
     for side, side_q in qs.items():
-        index.tokens.cache_clear()  # (each row starts cold: its queries are the other rows')
+        index._joined.cache_clear()  # (each row starts cold: its queries are the other rows')
         s = index.sides[side]
         if candidates is not None:
             s.candidates = candidates

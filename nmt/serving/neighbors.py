@@ -12,7 +12,7 @@ output word, or the encoder's of a source word) and returns the training positio
 Euclidean distance, with their sentences, so that one can see what the model learnt that state from.
 
 How (chosen by measurement, BENCHMARKS.md "Nearest training examples"): the states are compressed by
-an OPQ rotation and a product quantizer (FAISS: 32 bytes a target state, 16 a source state, where fp32
+an OPQ rotation and a product quantizer (FAISS: 24 bytes a target state, 12 a source state, where fp32
 takes 1 KiB); a query takes the quantized index's best candidates, recomputes their sentences' states
 exactly with the model (the training text is stored anyway, to show it) and ranks them by their exact
 distance. The distances returned are exact; only a neighbour missed by the candidates is lost.
@@ -44,6 +44,7 @@ import threading
 import time
 import weakref
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +96,10 @@ class IndexSettings:
     ``*_subquantizers`` dimensions, then that many sub-quantizers of ``bits`` bits each; a query
     re-ranks ``*_candidates`` candidates exactly."""
 
-    target_subquantizers: int = 32
-    source_subquantizers: int = 16
-    target_candidates: int = 24
-    source_candidates: int = 96
+    target_subquantizers: int = 24
+    source_subquantizers: int = 12
+    target_candidates: int = 32
+    source_candidates: int = 128
     bits: int = 8
     train_positions: int = 40_000  # states sampled (per side) to train the rotation and the quantizer
     opq_iterations: int = 25
@@ -392,11 +393,16 @@ class NeighborIndex:
 
     def __post_init__(self):
         # The tokens of recently re-ranked sentences (common ones come back query after query); thread-safe.
-        self.tokens = functools.lru_cache(maxsize=TOKEN_CACHE)(self._tokens)
+        self._joined = functools.lru_cache(maxsize=TOKEN_CACHE)(self._tokenize)
 
-    def _tokens(self, side: str, sentence: int) -> tuple[str, ...]:
-        text = (self.sources if side == "source" else self.targets)[sentence]
-        return tuple(self.tokenizers[side].tokenize(text))
+    def tokens(self, side: str, sentence: int) -> list[str]:
+        """The tokens of training sentence ``sentence`` on ``side``."""
+        joined = self._joined(side, sentence)
+        return joined.split("\n") if joined else []
+
+    def _tokenize(self, side: str, sentence: int) -> str:
+        # (one string a sentence, tokens joined by "\n", which no line holds: a tenth of a list's memory)
+        return "\n".join(self.tokenizers[side].tokenize((self.sources if side == "source" else self.targets)[sentence]))
 
 
 def _read_json(folder: Path) -> dict:
@@ -658,11 +664,22 @@ def find_neighbors(translator, source: str, translation: str | None = None, posi
             tgt_tokens = translator.translate([source], replace_unk=False)[0].tokens
         else:
             tgt_tokens = translator.tgt_tok.tokenize(translation)
-    state = _query_state(translator, src_tokens, tgt_tokens, int(position))
+    found = _WORKER.submit(_search, translator, index, side, src_tokens, tgt_tokens, int(position), int(k)).result()
+    return [Neighbor(index.sources[s], index.targets[s], tokens, p, math.sqrt(max(d2, 0.0)), s)
+            for d2, s, p, tokens in found]
+
+
+# The model's work for queries runs on one thread of its own: requests served at once (the app's 4)
+# would otherwise each leave the memory of their batches with their thread (over 100 MB more for 4).
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-neighbors")
+
+
+def _search(translator, index: NeighborIndex, side: str, src_tokens: list[str], tgt_tokens: list[str] | None,
+            position: int, k: int) -> list[tuple[float, int, int, list[str]]]:
+    state = _query_state(translator, src_tokens, tgt_tokens, position)
     found_side = index.sides[side]
     candidates = found_side.search(state, max(found_side.candidates, k))
-    return [Neighbor(index.sources[s], index.targets[s], list(tokens), p, math.sqrt(max(d2, 0.0)), s)
-            for d2, s, p, tokens in _rerank(translator, index, side, state, candidates, int(k))]
+    return _rerank(translator, index, side, state, candidates, k)
 
 
 def exact_states_mib(config: dict) -> float:
