@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import html
+import math
 
 import gradio as gr
 
 from demo.render import plot_value
+from nmt.search.tree import BeamTree, Node
+from nmt.serving.inspection import path_tokens
 from nmt.tokenization import get_tokenizer
 
 LOW_PROB = 0.1  # a word the model gives less than this is marked as unlikely
@@ -26,7 +29,7 @@ def prob_chips(scored: dict) -> str:
     """Each word (and </s>) coloured by its probability; the hover lists the words the model preferred."""
     chips = []
     for word, logp, alts in zip(scored["words"], scored["token_log_probs"], scored["alternatives"]):
-        prob = 2.718281828459045 ** logp
+        prob = math.exp(logp)
         preferred = ", ".join(f"{a['word']} {a['prob']:.0%}" for a in alts[:5])
         tip = html.escape(f"p = {prob:.3f} (log {logp:.2f}); the model's top words here: {preferred}", quote=True)
         kind = "nmt-low" if prob < LOW_PROB else ""
@@ -74,16 +77,11 @@ def on_node_click(clicked: str, result: dict | None) -> str:
     """The prefix up to the tree node clicked in the browser (``"node id:time"``, set by the page's script)."""
     if not result or not result.get("ok") or not clicked:
         return gr.update()
+    tree = BeamTree("", [], [Node(**n) for n in result["tree"]["nodes"]], result["tree"]["best_path"])
     try:
-        node_id = int(str(clicked).split(":")[0])
-    except ValueError:
+        tokens = path_tokens(tree, int(str(clicked).split(":")[0]))
+    except (ValueError, KeyError):
         return gr.update()
-    nodes = {n["id"]: n for n in result["tree"]["nodes"]}
-    tokens, node = [], nodes.get(node_id)
-    while node is not None:
-        tokens.append(node["token"])
-        node = nodes.get(node["parent"]) if node["parent"] is not None else None
-    tokens = [t for t in reversed(tokens) if t != "</s>"]
     return get_tokenizer(_lang(result)).detokenize(tokens) if tokens else gr.update()
 
 
