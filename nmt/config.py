@@ -124,6 +124,9 @@ class DecodeConfig:
     length_penalty: float = _help("alpha: scores are log-prob / length**alpha", default=0.0)
     max_len_a: float = _help("maximum output length = a * source length + b", default=2.0)
     max_len_b: int = _help("see --max-len-a", default=10)
+    simple: bool = _help("stop a sentence as soon as the best candidate of a step ends (seq2seq-attn -simple 1; "
+                         "faster, may differ with a length penalty or --n-best > 1)", default=False)
+    max_sent_l: int = _help("refuse a source longer than this many tokens, naming its line (0: no limit)", default=0)
     replace_unk: bool = _help("replace <unk> by the most attended source word", default=False)
     lexicon: str = _help("'source ||| target' file used by --replace-unk", default="")
     batch_size: int = _help("sentences per batch", default=30)
@@ -140,6 +143,8 @@ class DecodeConfig:
                              f"at least one word (got a={self.max_len_a}, b={self.max_len_b})")
         if not 0.0 <= self.length_penalty <= MAX_LENGTH_PENALTY:
             raise ValueError(f"--length-penalty must be between 0 and {MAX_LENGTH_PENALTY:g} (got {self.length_penalty})")
+        if self.max_sent_l < 0:
+            raise ValueError(f"--max-sent-l must be at least 0 (0: no limit; got {self.max_sent_l})")
         if not 1 <= self.batch_size <= MAX_DECODE_BATCH:
             raise ValueError(f"the batch size must be between 1 and {MAX_DECODE_BATCH:,}")
 

@@ -70,20 +70,6 @@ def exact_states(tr: Translator, side: str) -> tuple[np.ndarray, list[tuple[int,
 
 
 # ----------------------------------------------------------------------------- behaviour
-def test_states_are_what_the_generator_reads(tiny_translator):
-    import torch
-
-    model = tiny_translator.model
-    src, lengths = torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([3, 2])
-    tgt_in = torch.tensor([[2, 5, 6], [2, 7, 0]])
-    with torch.inference_mode():
-        memory, out = model.states(src, lengths, tgt_in)
-        logits, _ = model(src, lengths, tgt_in)
-        assert torch.allclose(model.logits(out), logits, atol=1e-5)
-        assert torch.equal(memory, model.encoder(src, lengths)[0])
-    assert out.shape == (2, 3, model.cfg.hidden) and memory.shape == (2, 3, model.encoder.output_size)
-
-
 @pytest.mark.parametrize("side", ["target", "source"])
 def test_a_training_state_finds_itself_first(translator, side):
     for i in (0, 4, 13, 19):

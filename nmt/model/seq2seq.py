@@ -78,13 +78,6 @@ class Seq2Seq(nn.Module):
         logits = logits if only is None else logits.flatten(0, 1).index_select(0, only)
         return logits, torch.stack(attns, 1) if self.has_attention else None
 
-    def states(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor):
-        """Teacher-forced hidden states: the encoder's memory h_s (batch, src_len, enc) and the
-        decoder's attentional outputs h~_t (batch, tgt_len, hidden), the vectors the generator reads."""
-        state = self.encode(src, src_lengths)
-        out, _ = self.decoder(tgt_in, state)
-        return state["memory"], out
-
     def logits(self, out: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
         """The generator W_s h~ over decoder outputs (batch, tgt_len, hidden), or over the flat
         positions ``only`` of them (Luong eq. 6 before its softmax)."""

@@ -62,6 +62,7 @@ from nmt.data import pad
 from nmt.errors import CheckpointError, DataError, NMTError
 from nmt.hub import INDEX_ARRAYS, INDEX_CONFIG, INDEX_SOURCES, INDEX_TARGETS
 from nmt.safe_io import MIB, atomic_output, checkpoint_file, decode_lines, read_capped
+from nmt.serving.extraction import decode_steps, id_states
 from nmt.vocabulary import BOS_ID
 
 log = logging.getLogger(__name__)
@@ -108,19 +109,14 @@ class IndexSettings:
 
 
 # ----------------------------------------------------------------------------- states
-@torch.inference_mode()
 def sentence_states(model, device, src_ids: list[list[int]], tgt_ids: list[list[int]] | None):
     """Teacher-forced states of a batch: the encoder's memory (batch, src_len, enc) and, with
     ``tgt_ids``, the decoder's attentional outputs (batch, len + 1, hidden): <s> w1 .. wn in, the
     state that predicts each word, then the one that predicts </s> (which the index leaves out).
-    Numpy float32 arrays on the CPU."""
-    src = pad(src_ids).to(device)
-    lengths = torch.tensor([len(s) for s in src_ids], device=device)
-    if tgt_ids is None:
-        memory, _ = model.encoder(src, lengths)
-        return memory.float().cpu().numpy(), None
-    memory, out = model.states(src, lengths, pad([[BOS_ID] + t for t in tgt_ids]).to(device))
-    return memory.float().cpu().numpy(), out.float().cpu().numpy()
+    Numpy float32 arrays on the CPU. The extraction's code (``nmt.serving.extraction``), cheap mode."""
+    states = id_states(model, device, src_ids, tgt_ids, layers=False)
+    out = None if states.output is None else states.output.float().cpu().numpy()
+    return states.memory.float().cpu().numpy(), out
 
 
 def _faiss():
@@ -141,12 +137,7 @@ def prefix_states(model, device, src_ids: list[list[int]], tgt_ids: list[list[in
     src = pad([src_ids[i] for i in order]).to(device)
     state = model.encode(src, torch.tensor([len(src_ids[i]) for i in order], device=device))
     tgt_in = pad([[BOS_ID] + tgt_ids[i] for i in order]).to(device)
-    outs = []
-    for t in range(steps[0]):
-        rows = sum(1 for n in steps if n > t)
-        state = {key: value[:rows] for key, value in state.items()}
-        out, _, state = model.decoder.step(model.decoder.embeddings(tgt_in[:rows, t]), state)
-        outs.append(out.float().cpu().numpy())
+    outs = [out.float().cpu().numpy() for out, _, _ in decode_steps(model, state, tgt_in, steps)]
     found = [np.stack([outs[t][j] for t in range(n)]) for j, n in enumerate(steps)]
     result: list[np.ndarray] = [None] * len(order)
     for j, i in enumerate(order):
