@@ -1,4 +1,4 @@
-"""Command line: ``python -m nmt {train,translate,evaluate,push,index}``.
+"""Command line: ``python -m nmt {train,translate,evaluate,score,extract,index,push}``.
 
 Flags map one to one onto the config dataclasses (``emb_size`` -> ``--emb-size``;
 booleans get ``--flag/--no-flag``).
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("translate", "translate a file"), ("evaluate", "score a model on a test set")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id (user/name[@revision])")
+        p.add_argument("--model", required=True, nargs="+",
+                       help="checkpoint folder or Hub repo id (user/name[@revision]); several: an ensemble "
+                            "(their next-word probabilities averaged at every step; the same vocabularies)")
         p.add_argument("--src", required=True, help="source file (plain or .gz; '-' for standard input)")
         p.add_argument("--device", default="auto", help="cpu, cuda or auto")
         add_config_args(p, DecodeConfig, "decoding")
@@ -58,9 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--output", default="-", help="output file ('-': standard output)")
             p.add_argument("--attention-out", default="", help="write tokens and attention per sentence (JSON lines)")
             p.add_argument("--score-gold", default="", help="also report the log-likelihood of these references")
+            p.add_argument("--n-best-numbering", default="sentence", choices=("sentence", "rank"),
+                           help="with --n-best > 1, number lines 'i ||| translation ||| score' by the sentence (from 0, "
+                                "Moses) or by the rank in its list (from 1, seq2seq-attn) (default: %(default)s)")
         else:
             p.add_argument("--ref", required=True, help="reference translations (raw text)")
             p.add_argument("--output", default="", help="also write the translations here")
+            p.add_argument("--rescore", default="", choices=("", "bleu", "gleu"),
+                           help="also score the n-best lists' oracle: per sentence the hypothesis with the best "
+                                "sentence BLEU or GLEU against the reference (needs --n-best > 1)")
+            p.add_argument("--rescore-param", type=int, default=4, help="the n-gram order of --rescore (default: %(default)s)")
+
+    score = sub.add_parser("score", help="score translations against references (sacreBLEU, chrF, TER; no model)")
+    score.add_argument("--hyp", required=True, help="translations, one per line (plain or .gz; '-': standard input)")
+    score.add_argument("--ref", required=True, action="append",
+                       help="reference translations (give --ref again for more references of the same sentences)")
+
+    extract = sub.add_parser("extract", help="write a model's states and attention over given translations")
+    extract.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
+    extract.add_argument("--src", required=True, help="source file (plain or .gz)")
+    extract.add_argument("--tgt", required=True, help="target file: the translations the decoder reads (plain or .gz)")
+    extract.add_argument("--out", required=True, help="folder for states.safetensors, tokens.jsonl and extraction.json")
+    extract.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: %(default)s)")
+    extract.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
     index = sub.add_parser("index", help="index the hidden states of the training data (nearest training examples)")
     index.add_argument("--model", required=True, help="checkpoint folder (the index files are written into it)")
@@ -134,21 +156,30 @@ def cmd_translate(args) -> None:
     with _output(args.output) as out:
         for i, r in enumerate(results):
             if cfg.n_best > 1:
-                for c in r.n_best:
-                    out.write(f"{i} ||| {c.text} ||| {c.score:.4f}\n")
+                for rank, c in enumerate(r.n_best, start=1):
+                    out.write(f"{rank if args.n_best_numbering == 'rank' else i} ||| {c.text} ||| {c.score:.4f}\n")
             else:
                 out.write(r.text + "\n")
     if args.attention_out:
-        with _output(args.attention_out, "attention file") as f:
-            for r in results:
-                att = r.attention.tolist() if r.attention is not None else None
-                f.write(json.dumps({"src": r.src_tokens, "tgt": r.tokens, "score": r.score, "attention": att}, ensure_ascii=False) + "\n")
+        _write_attention(args.attention_out, translator, results)
     if references is not None:
         scores = translator.score(sources, references, alternatives=0)
         for i, scored in enumerate(scores):
             print(f"SENT {i}: GOLD SCORE {scored.log_prob:.4f}", file=sys.stderr)
         total, n = sum(s.log_prob for s in scores), sum(len(s.token_log_probs) for s in scores)
         print(f"GOLD: log-likelihood {total:.2f} over {n} tokens, perplexity {perplexity(total, n):.2f}", file=sys.stderr)
+
+
+def _write_attention(path: str, translator, results) -> None:
+    """JSON lines: tokens, score and attention per sentence; an ensemble's also per model."""
+    with _output(path, "attention file") as f:
+        for r in results:
+            record = {"src": r.src_tokens, "tgt": r.tokens, "score": r.score,
+                      "attention": r.attention.tolist() if r.attention is not None else None}
+            if translator.is_ensemble and r.n_best:
+                record["attention_by_model"] = [a.tolist() if a is not None else None
+                                                for a in translator.attention_by_model(r)]
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _decoding(args) -> tuple[DecodeConfig, EngineConfig]:
@@ -172,10 +203,15 @@ def _read_references(path: str, n: int) -> list[str]:
 def cmd_evaluate(args) -> None:
     from nmt.data import read_parallel
     from nmt.evaluation import corpus_scores, perplexity
+    from nmt.rescoring import oracle, sentence_scorer
     from nmt.serving.translator import Translator
 
     _check_outputs(args.output)
     cfg, engine = _decoding(args)
+    if args.rescore:
+        sentence_scorer(args.rescore, args.rescore_param)  # (its settings checked before any work)
+        if cfg.n_best < 2:
+            raise NMTError("--rescore chooses from n-best lists: give --n-best 2 or more (and a beam at least as wide)")
     translator = Translator.load(args.model, device=args.device)
     sources, refs = read_parallel(args.src, args.ref)
     results = translator.translate(sources, cfg, engine)
@@ -187,6 +223,36 @@ def cmd_evaluate(args) -> None:
     total, n = sum(s.log_prob for s in scores), sum(len(s.token_log_probs) for s in scores)
     print(corpus_scores(hyps, refs))
     print(f"perplexity = {perplexity(total, n):.2f}")
+    if args.rescore:
+        n_best = [[c.text for c in r.n_best] for r in results]
+        picks = oracle(n_best, refs, args.rescore, args.rescore_param)
+        chosen = [texts[p] if texts else "" for texts, p in zip(n_best, picks)]
+        print(f"oracle of the {cfg.n_best}-best lists by sentence {args.rescore.upper()}-{args.rescore_param} "
+              f"({sum(p > 0 for p in picks)} of {len(picks)} sentences changed):")
+        print(corpus_scores(chosen, refs))
+
+
+def cmd_score(args) -> None:
+    from nmt.evaluation import corpus_scores
+
+    hyps = read_source(args.hyp)
+    ref_sets = [_read_references(path, len(hyps)) for path in args.ref]
+    print(corpus_scores(hyps, *ref_sets, ter=True))
+
+
+def cmd_extract(args) -> None:
+    from nmt.data import read_parallel
+    from nmt.errors import DataError
+    from nmt.serving.extraction import extract, summary
+    from nmt.serving.translator import Translator
+
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DataError(f"{args.out}: exists and is not a folder")
+    sources, targets = read_parallel(args.src, args.tgt)
+    translator = Translator.load(args.model, device=args.device)
+    print(summary(extract(translator, sources, targets, args.out, batch_size=args.batch_size)))
 
 
 def cmd_push(args) -> None:
@@ -215,8 +281,8 @@ def cmd_index(args) -> None:
           f"({config['build_seconds']:.0f} s)")
 
 
-COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "push": cmd_push,
-            "index": cmd_index}
+COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "score": cmd_score,
+            "extract": cmd_extract, "push": cmd_push, "index": cmd_index}
 
 
 def main(argv: list[str] | None = None) -> int:

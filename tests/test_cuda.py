@@ -15,6 +15,7 @@ import torch
 from conftest import PAIRS
 from test_training import tiny_corpus, trainer
 
+from nmt.config import EngineConfig
 from nmt.data import pad
 from nmt.engines.cuda_graphs import GraphedBeamSearch
 from nmt.search import beam_search
@@ -176,3 +177,19 @@ def test_prefixes_beam_trees_and_scores_on_the_gpu_match_the_cpu(tiny_translator
     assert [tree_gpu.nodes[i].token for i in tree_gpu.best_path] == [tree_cpu.nodes[i].token for i in tree_cpu.best_path]
     sa, sb = (t.score(SOURCES, [r.text for r in a]) for t in (tiny_translator, gpu))
     assert [x.score for x in sb] == pytest.approx([x.score for x in sa], abs=1e-4)
+
+
+def test_an_ensemble_and_simple_stopping_replay_as_cuda_graphs(tiny_translator):
+    """The graphed search of an ensemble (and with simple stopping) finds what the eager one finds."""
+    gpu = on_gpu(tiny_translator)
+    ensemble = Translator([gpu.checkpoint, copy.deepcopy(gpu.checkpoint)], "cuda")
+    graphs = ensemble.engines.get(EngineConfig()).graphs
+    assert graphs is not None
+    ids = [gpu.checkpoint.src_vocab.encode(gpu.src_tok.tokenize(s)) for s in SOURCES[:8]]
+    src, lengths = pad(ids).cuda(), torch.tensor([len(x) for x in ids], device="cuda")
+    for simple in (False, True):
+        kw = dict(beam_size=4, n_best=2, length_penalty=1.0, max_len_a=1.5, max_len_b=5, simple=simple)
+        eager = beam_search(ensemble.model, src, lengths, **kw)
+        graphed = graphs(src, lengths, **kw)
+        assert [[h.tokens for h in s] for s in eager] == [[h.tokens for h in s] for s in graphed]
+        assert [[h.score for h in s] for s in eager] == pytest.approx([[h.score for h in s] for s in graphed], abs=1e-4)

@@ -22,6 +22,7 @@ import torch
 
 from nmt.search.core import Beams, Hypothesis, beam_step, max_lengths, sentences_done
 from nmt.search.history import History
+from nmt.vocabulary import EOS_ID
 
 
 class _Beams:
@@ -30,9 +31,10 @@ class _Beams:
     ``beam_step`` and stopping rule, written back in place without synchronising with the host."""
 
     def __init__(self, model, state: dict, lengths: torch.Tensor, src_len: int, beam_size: int,
-                 n_best: int, length_penalty: float, max_len_a: float, max_len_b: int):
+                 n_best: int, length_penalty: float, max_len_a: float, max_len_b: int, simple: bool = False):
         batch, device = lengths.size(0), lengths.device
         self.model, self.max_len_a, self.max_len_b, self.length_penalty = model, max_len_a, max_len_b, length_penalty
+        self.simple = simple  # stop a sentence when its best candidate ends (``sentences_done``)
         self.beams = Beams.start(model, state, lengths, beam_size, n_best, length_penalty, max_len_a, max_len_b)
         self.beams.state = {k: v.clone() for k, v in self.beams.state.items()}
         capacity = int(max_lengths(torch.tensor([src_len]), max_len_a, max_len_b)) + 1  # the most steps
@@ -73,7 +75,9 @@ class _Beams:
             if key not in beams.shared:
                 value.copy_(s.state[key])
         self._record(t, s.prev, s.rows, s.attn)
-        done = sentences_done(s.fin_score[:, -1], s.alive[:, 0], beams.best_case, t + 1, beams.limit, self.last)
+        top_ended = self.simple and s.candidates[2][:, 0] == EOS_ID
+        done = sentences_done(s.fin_score[:, -1], s.alive[:, 0], beams.best_case, t + 1, beams.limit, self.last,
+                              top_ended)
         newly = (done & ~self.stopped).unsqueeze(1)
         for res, value in zip(self.res, (s.fin_score, s.fin_len, s.fin_beam)):
             res.copy_(torch.where(newly, value, res))
@@ -107,12 +111,13 @@ class _Beams:
 
 @torch.inference_mode()
 def fixed_beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length_penalty: float = 0.0,
-                      max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 1) -> list[list[Hypothesis]]:
+                      max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 1,
+                      simple: bool = False) -> list[list[Hypothesis]]:
     """The search that ``GraphedBeamSearch`` replays, run eagerly (any device): the results
     of ``beam_search``."""
     _check(beam_size, n_best)
     beams = _Beams(model, model.encode(src, lengths), lengths, src.size(1), beam_size, n_best,
-                   length_penalty, max_len_a, max_len_b)
+                   length_penalty, max_len_a, max_len_b, simple)
     return beams.run(beams.step, check_every)
 
 
@@ -144,11 +149,12 @@ class GraphedBeamSearch:
 
     @torch.inference_mode()
     def __call__(self, src, lengths, beam_size: int = 5, n_best: int = 1, length_penalty: float = 0.0,
-                 max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 4) -> list[list[Hypothesis]]:
+                 max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 4,
+                 simple: bool = False) -> list[list[Hypothesis]]:
         _check(beam_size, n_best)
         if src.device.type != "cuda":
             raise ValueError("CUDA graphs need the source on a CUDA device")
-        key = (tuple(src.shape), beam_size, n_best, length_penalty, max_len_a, max_len_b)
+        key = (tuple(src.shape), beam_size, n_best, length_penalty, max_len_a, max_len_b, simple)
         with self._lock:
             state = self.model.encode(src, lengths)
             if key in self._graphs:
@@ -157,7 +163,7 @@ class GraphedBeamSearch:
                 beams.load(state, lengths)
             else:
                 beams = _Beams(self.model, state, lengths, src.size(1), beam_size, n_best,
-                               length_penalty, max_len_a, max_len_b)
+                               length_penalty, max_len_a, max_len_b, simple)
                 graph = self._capture(beams, state, lengths)
                 self._graphs[key] = beams, graph
                 if len(self._graphs) > self.cache_size:

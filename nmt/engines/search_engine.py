@@ -9,6 +9,9 @@ A ``SearchEngine`` is resolved once per setting, from the device and an ``Engine
 | tracing      | CPU    | ``trace`` (the default)     | its decoder step as a TorchScript trace |
 | CUDA graphs  | CUDA   | ``cuda_graphs`` (default)   | each beam step replayed as a graph    |
 
+An ensemble (``nmt.search.ensemble``) runs every engine too: its members' int8 copies and
+traces are made by each member's own ``Engines``, and a CUDA graph captures the whole ensemble step.
+
 Engines give the plain path's results (int8 up to its rounding). What search finds is set by a
 ``DecodeConfig`` (beam, n-best, lengths), never by the engine.
 """
@@ -32,6 +35,7 @@ from nmt.errors import NMTError
 from nmt.model import Seq2Seq
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.search.core import forced_tokens
+from nmt.search.ensemble import Ensemble
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +56,12 @@ class SearchEngine:
         check_every = 1 if self.device.type == "cpu" else 4  # on a GPU each check is a host-device sync
         if self.graphs is not None and forced is None:  # (greedy is beam search with beam 1 there)
             return self.graphs(src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty, cfg.max_len_a,
-                               cfg.max_len_b, check_every=check_every)
-        if cfg.beam_size == 1:
+                               cfg.max_len_b, check_every=check_every, simple=cfg.simple)
+        if cfg.beam_size == 1:  # (greedy stops at its first </s>: simple stopping either way)
             return greedy_search(self.model, src, lengths, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty,
                                  check_every, forced)
         return beam_search(self.model, src, lengths, cfg.beam_size, cfg.n_best, cfg.length_penalty,
-                           cfg.max_len_a, cfg.max_len_b, check_every=check_every, forced=forced)
+                           cfg.max_len_a, cfg.max_len_b, check_every=check_every, forced=forced, simple=cfg.simple)
 
     def search_ids(self, sentences: list[list[int]], cfg: DecodeConfig,
                    prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
@@ -92,9 +96,10 @@ class Engines:
     """The search engines of one model (in eval mode) on one device, each made once: the int8
     copy, the traces and the CUDA graphs are shared by every setting that uses them. Thread-safe."""
 
-    def __init__(self, model: Seq2Seq, device: torch.device):
+    def __init__(self, model: Seq2Seq | Ensemble, device: torch.device):
         self.model, self.device = model, device
         self._models: dict[tuple[bool, bool], object] = {}  # (int8, traced) -> search model
+        self._members = [Engines(m, device) for m in model.members] if isinstance(model, Ensemble) else []
         self.graphs: GraphedBeamSearch | None = None  # made at the first search with CUDA graphs
         self._lock = threading.Lock()
 
@@ -111,6 +116,11 @@ class Engines:
             raise NMTError("int8 decoding runs on the CPU only")
         # Only on a CPU (a GPU waits on kernel launches; untested there), and only a Seq2Seq, whose
         # step has no Python branch on tensor values that a trace would freeze.
+        if self._members:
+            with self._lock:
+                if (int8, trace) not in self._models:
+                    self._models[int8, trace] = Ensemble([e.model_for(int8, trace) for e in self._members])
+                return self._models[int8, trace]
         trace = trace and self.device.type == "cpu" and isinstance(self.model, Seq2Seq)
         with self._lock:
             if (int8, False) not in self._models:

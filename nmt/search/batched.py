@@ -15,13 +15,16 @@ from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID
 @torch.inference_mode()
 def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length_penalty: float = 0.0,
                 max_len_a: float = 2.0, max_len_b: int = 10, check_every: int = 1,
-                history: History | None = None, forced: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+                history: History | None = None, forced: torch.Tensor | None = None,
+                simple: bool = False) -> list[list[Hypothesis]]:
     """Batched beam search. Returns, per sentence, its ``n_best`` hypotheses, best first.
 
     ``check_every``: how often (steps) to look for finished sentences and drop them; each
     check synchronises with the device, so a GPU may prefer a few steps between checks.
     ``history``: an empty ``History`` to keep the search's record in (see there).
-    ``forced``: (batch, P) prefixes each sentence's hypotheses begin with (``nmt.search.core.forced_tokens``)."""
+    ``forced``: (batch, P) prefixes each sentence's hypotheses begin with (``nmt.search.core.forced_tokens``).
+    ``simple``: stop a sentence as soon as the best candidate of a step ends (``sentences_done``);
+    every step is then checked."""
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and the beam size")
     batch, device = src.size(0), src.device
@@ -29,7 +32,9 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
     history = History() if history is None else history
     if batch == 1 and device.type == "cpu":
         prefix = [] if forced is None else [t for t in forced[0].tolist() if t != PAD_ID]
-        return beam_search_one(model, src, lengths, beam_size, n_best, length_penalty, steps - 1, history, prefix)
+        return beam_search_one(model, src, lengths, beam_size, n_best, length_penalty, steps - 1, history, prefix,
+                               simple)
+    check_every = 1 if simple else check_every  # (the step a top candidate ends is the step it stops)
     beams = Beams.start(model, model.encode(src, lengths), lengths, beam_size, n_best, length_penalty,
                         max_len_a, max_len_b, forced)
     results = _Results(batch, n_best, device)  # of the sentences that stopped, by original position
@@ -40,7 +45,9 @@ def beam_search(model, src, lengths, beam_size: int = 5, n_best: int = 1, length
         history.add(step.prev, step.rows, step.attn, step.candidates)
         if (t + 1) % check_every and t + 1 < steps:
             continue
-        done = sentences_done(beams.fin_score[:, -1], beams.alive[:, 0], beams.best_case, t + 1, beams.limit, steps)
+        top_ended = simple and step.candidates[2][:, 0] == EOS_ID
+        done = sentences_done(beams.fin_score[:, -1], beams.alive[:, 0], beams.best_case, t + 1, beams.limit, steps,
+                              top_ended)
         if not bool(done.any()):
             continue
         results.record(active[done], beams, done)

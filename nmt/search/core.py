@@ -125,14 +125,18 @@ def beam_step(model, beams: Beams, t: int | torch.Tensor, divisor: float | torch
                 (top, parent, token))
 
 
-def sentences_done(fin_worst, alive_best, best_case, steps, limit, max_steps):
+def sentences_done(fin_worst, alive_best, best_case, steps, limit, max_steps, top_ended=False):
     """The stopping rule, per sentence, after ``steps`` steps: its n-best-th finished hypothesis
     (``fin_worst``) beats the best open one's best case (its score / ``best_case``; -inf when no
     hypothesis is open), or it has reached its length ``limit``, or the search its ``max_steps``.
+    With simple stopping (seq2seq-attn's ``-simple 1``), also as soon as the best candidate of
+    the step ended in </s> (``top_ended``): its n-best finished so far are the result, which
+    differs from exact stopping only where an open hypothesis could still win (a length penalty) or
+    fewer than n-best have finished.
 
     Float32 throughout: tensors (batch,) in the batched and graphed drivers, NumPy float32 scalars
     for one sentence (the same IEEE arithmetic, without a tensor operation's overhead)."""
-    return (fin_worst >= alive_best / best_case) | (steps > limit) | (steps == max_steps)
+    return (fin_worst >= alive_best / best_case) | (steps > limit) | (steps == max_steps) | top_ended
 
 
 def best_case(limit: torch.Tensor, length_penalty: float) -> torch.Tensor:

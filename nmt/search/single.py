@@ -21,9 +21,9 @@ from nmt.vocabulary import BOS_ID, EOS_ID
 
 
 def beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: float, limit: int,
-                    history: History, prefix: list[int] = ()) -> list[list[Hypothesis]]:
+                    history: History, prefix: list[int] = (), simple: bool = False) -> list[list[Hypothesis]]:
     """``beam_search`` of a batch of one sentence into ``history``; ``limit``: the most tokens before </s>;
-    ``prefix``: the tokens its hypotheses begin with."""
+    ``prefix``: the tokens its hypotheses begin with; ``simple``: stop when the best candidate ends."""
     shared = getattr(model, "sentence_keys", ())
     state = select_rows(model.encode(src, lengths), torch.zeros(K, dtype=torch.long), shared)
     alive = [0.0] + [NEG_INF] * (K - 1)  # the open hypotheses' scores, best first
@@ -47,7 +47,7 @@ def beam_search_one(model, src, lengths, K: int, n_best: int, length_penalty: fl
         back = torch.tensor([beams[j] for j in going])
         state = select_rows(state, back, shared)
         history.add(prev, back, attn, (scores, beams, tokens))
-        if stop(finished, alive[0], t + 1):
+        if stop(finished, alive[0], t + 1, simple and tokens[0] == EOS_ID):
             break
     finished += [(NEG_INF, 0, 0)] * (n_best - len(finished))
     score, length, last = (torch.tensor([column]) for column in zip(*finished))  # (1, n_best) each
@@ -72,9 +72,9 @@ class _StoppingRule:
         self.limit, self.n_best = limit, n_best
         self.best_case = np.float32(best_case(torch.tensor([limit]), length_penalty).item())
 
-    def __call__(self, finished: list, best_open: float, steps: int) -> bool:
-        if len(finished) < self.n_best and best_open != NEG_INF and steps <= self.limit:
+    def __call__(self, finished: list, best_open: float, steps: int, top_ended: bool = False) -> bool:
+        if len(finished) < self.n_best and best_open != NEG_INF and steps <= self.limit and not top_ended:
             return False  # (it cannot hold: -inf beats no open hypothesis, and the limits are not reached)
         worst = finished[-1][0] if len(finished) == self.n_best else NEG_INF
         return bool(sentences_done(np.float32(worst), np.float32(best_open), self.best_case, steps, self.limit,
-                                   self.limit + 1))
+                                   self.limit + 1, top_ended))

@@ -18,6 +18,7 @@ from nmt.errors import CheckpointError, NMTError
 from nmt.safe_io import checkpoint_file
 from nmt.search import Hypothesis, beam_search
 from nmt.search.core import forced_tokens
+from nmt.search.ensemble import Ensemble
 from nmt.search.history import History
 from nmt.search.tree import BeamTree, build_tree
 from nmt.serving.neighbors import Neighbor, find_neighbors
@@ -36,6 +37,7 @@ class Candidate:
     score: float
     attention: np.ndarray | None = None  # (len(tokens), len(src_tokens))
     replacements: list[Replacement] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # the target ids search found (before UNK replacement)
 
 
 @dataclass
@@ -54,32 +56,46 @@ class Translation:
 
 
 class Translator:
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None):
-        self.checkpoint = checkpoint
+    """Translates with one checkpoint, or with an ensemble of several of the same vocabularies
+    (``nmt.search.ensemble``; the first one's decoding defaults, lexicon and tokenizers)."""
+
+    def __init__(self, checkpoint: Checkpoint | list[Checkpoint], device: str | torch.device | None = None):
+        self.checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+        check_ensemble(self.checkpoints)
+        self.checkpoint = self.checkpoints[0]
         self.device = pick_device(device)
-        self.model = checkpoint.model.to(self.device).eval()
-        self.src_tok = get_tokenizer(checkpoint.src_lang)
-        self.tgt_tok = get_tokenizer(checkpoint.tgt_lang)
+        members = [c.model.to(self.device).eval() for c in self.checkpoints]
+        self.model = members[0] if len(members) == 1 else Ensemble(members)
+        self.src_tok = get_tokenizer(self.checkpoint.src_lang)
+        self.tgt_tok = get_tokenizer(self.checkpoint.tgt_lang)
         # The checkpoint's decoding defaults; its own lexicon (a file inside its folder) is
         # ``checkpoint.lexicon``, read at the first UNK replacement that needs it.
-        self.defaults = dataclasses.replace(from_dict(DecodeConfig, checkpoint.extra.get("decode", {}), "decode"),
+        self.defaults = dataclasses.replace(from_dict(DecodeConfig, self.checkpoint.extra.get("decode", {}), "decode"),
                                             lexicon="")
         self._lexicon: dict[str, str] | None = None
         self.engines = Engines(self.model, self.device)  # how search runs: made once per setting
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, name_or_path: str | Path, revision: str | None = None, device: str | None = None,
+    def load(cls, name_or_path: str | Path | list[str | Path], revision: str | None = None, device: str | None = None,
              token: str | None = None, max_parameters: int = MAX_PARAMETERS,
              cache_dir: str | Path | None = None) -> Translator:
         """A local checkpoint folder, or a Hugging Face Hub repo id (``user/name`` or ``user/name@rev``),
-        downloaded to ``cache_dir`` (default: the Hub's cache). Models with more than ``max_parameters``
-        are refused before their weights are downloaded or read."""
+        downloaded to ``cache_dir`` (default: the Hub's cache); a list of them is an ensemble. Models
+        with more than ``max_parameters`` (each) are refused before their weights are downloaded or read."""
         from nmt.hub import resolve_checkpoint
 
-        folder = resolve_checkpoint(str(name_or_path), revision=revision, token=token,
-                                    max_bytes=download_limits(max_parameters), cache_dir=cache_dir)
-        return cls(load_checkpoint(folder, max_parameters=max_parameters), device)
+        names = [name_or_path] if isinstance(name_or_path, (str, Path)) else list(name_or_path)
+        if not names:
+            raise NMTError("no model given")
+        checkpoints = [load_checkpoint(resolve_checkpoint(str(name), revision=revision, token=token,
+                                                          max_bytes=download_limits(max_parameters), cache_dir=cache_dir),
+                                       max_parameters=max_parameters) for name in names]
+        return cls(checkpoints, device)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.checkpoints) > 1
 
     @property
     def has_attention(self) -> bool:
@@ -105,6 +121,7 @@ class Translator:
             raise NMTError("UNK replacement is unavailable: this model has no attention (attention 'none')")
         lexicon = self.lexicon_for(cfg.lexicon or None if lexicon is None else lexicon) if cfg.replace_unk else None
         src_tokens = [self.src_tok.tokenize(s) for s in sentences]
+        check_lengths(src_tokens, cfg.max_sent_l)
         prefixes = self.prefix_ids(prefix, len(sentences))
         hyps = self.search_tokens(src_tokens, cfg, engine_cfg, prefixes)
         return [self._result(s, toks, h, cfg, lexicon, len(p) if p else 0)
@@ -170,7 +187,8 @@ class Translator:
             if cfg.replace_unk and hyp.attention is not None:
                 tokens, replaced = replace_unk(tokens, src_tokens, hyp.attention, lexicon)
             attention = hyp.attention.numpy() if hyp.attention is not None else None
-            candidates.append(Candidate(self.tgt_tok.detokenize(tokens), tokens, hyp.score, attention, replaced))
+            candidates.append(Candidate(self.tgt_tok.detokenize(tokens), tokens, hyp.score, attention, replaced,
+                                        list(hyp.tokens)))
         best = candidates[0]
         return Translation(source, src_tokens, best.text, best.tokens, best.score, candidates, best.attention,
                            best.replacements, forced)
@@ -201,6 +219,8 @@ class Translator:
         """The ``k`` training pairs whose states are nearest to this one's at ``position`` of the
         translation (``side="target"``: the decoder's attentional state; with ``translation`` None,
         the model's own best) or of the source (``side="source"``: the encoder's): ``nmt.serving.neighbors``."""
+        if self.is_ensemble:
+            raise NMTError("nearest training examples are found in one model's states: load that model alone")
         return find_neighbors(self, source, translation, position, side, k)
 
     def score(self, sources: list[str], translations: list[str] | list[list[str]], length_penalty: float | None = None,
@@ -226,6 +246,27 @@ class Translator:
         return [self._scored(sources[i], src_tok[i], texts[i], tgt_ids[i], found.get(i), alpha)
                 for i in range(len(sources))]
 
+    def attention_by_model(self, translation: Translation, candidate: int = 0) -> list[np.ndarray | None]:
+        """Each model's own attention over the tokens search found for ``translation.n_best[candidate]``
+        (forced decoding by each model; rows as ``Candidate.attention``). An ensemble searches with
+        their mean, so these average to the candidate's attention. One model: its attention."""
+        if not translation.src_tokens:
+            return [None] * len(self.checkpoints)
+        found = self.n_best_ids(translation, candidate)
+        src = [self.checkpoint.src_vocab.encode(translation.src_tokens)]
+        members = self.model.members if self.is_ensemble else [self.model]
+        out = []
+        for member in members:
+            [forced] = forced_decoding(member, src, [found], self.device, 0)
+            out.append(forced.attention[: len(found)].numpy() if forced.attention is not None else None)
+        return out
+
+    @staticmethod
+    def n_best_ids(translation: Translation, candidate: int = 0) -> list[int]:
+        if not 0 <= candidate < len(translation.n_best):
+            raise NMTError(f"candidate {candidate} is not in this translation's n-best list ({len(translation.n_best)})")
+        return translation.n_best[candidate].ids
+
     def _scored(self, source, src_tokens, translation, ids, forced: Forced | None, alpha: float) -> Scored:
         tokens = self.checkpoint.tgt_vocab.decode(ids)
         if forced is None:
@@ -235,3 +276,29 @@ class Translator:
         attention = forced.attention.numpy() if forced.attention is not None else None
         return Scored(source, src_tokens, translation, tokens, forced.log_probs, float(sum(forced.log_probs)),
                       normalized_score(forced.log_probs, alpha), attention, alternatives)
+
+
+def check_ensemble(checkpoints: list[Checkpoint]) -> None:
+    """The models of an ensemble must read and write the same words in the same languages."""
+    first = checkpoints[0]
+    for i, other in enumerate(checkpoints[1:], start=2):
+        for what, a, b in (("source vocabulary", first.src_vocab.itos, other.src_vocab.itos),
+                           ("target vocabulary", first.tgt_vocab.itos, other.tgt_vocab.itos),
+                           ("languages", (first.src_lang, first.tgt_lang), (other.src_lang, other.tgt_lang))):
+            if a != b:
+                raise NMTError(f"model {i} of the ensemble has another {what} than model 1 "
+                               f"({_shown(other.path)} vs {_shown(first.path)}); an ensemble needs models of the same vocabularies")
+
+
+def _shown(path: Path | None) -> str:
+    return str(path)[-80:] if path is not None else "?"
+
+
+def check_lengths(src_tokens: list[list[str]], max_sent_l: int) -> None:
+    """seq2seq-attn's ``max_sent_l``: a longer source is refused (not cut), naming its line."""
+    if not max_sent_l:
+        return
+    for i, tokens in enumerate(src_tokens):
+        if len(tokens) > max_sent_l:
+            raise NMTError(f"sentence {i + 1} (line {i + 1} of a file) has {len(tokens)} tokens, more than "
+                           f"max_sent_l {max_sent_l} (--max-sent-l)")
