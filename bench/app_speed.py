@@ -26,6 +26,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nmt.device import cpu_description  # noqa: E402
+
 SENTENCES = {  # 15 words each
     "de": "Ein Mann mit einem Hut sitzt auf einer Bank und liest eine Zeitung im Park.",
     "en": "A man with a hat is sitting on a bench and reading a newspaper in the park.",
@@ -89,6 +93,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100, help="requests in all before measuring memory")
     p.add_argument("--beam", type=int, default=5)
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")
     folder = Path(args.checkpoint)
     if not (folder / "config.json").is_file():
         raise SystemExit(f"{folder} is not a checkpoint folder (no config.json); give one on the command line")

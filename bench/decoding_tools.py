@@ -22,25 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nmt.data import read_parallel  # noqa: E402
+from nmt.device import cpu_description  # noqa: E402
 from nmt.evaluation import corpus_scores  # noqa: E402
 from nmt.rescoring import oracle  # noqa: E402
 from nmt.serving.translator import Translator  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_kind() -> str:
-    """The CPU's model name and which of the vector extensions that matter here it has."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return f"{model}; {' '.join(f for f in FLAGS if f in flags) or 'no AVX2'}"
-
-
 def timed(translator: Translator, sources: list[str], **settings):
     start = time.perf_counter()
     found = translator.translate(sources, **settings)
@@ -84,7 +71,7 @@ def main() -> None:
     p.add_argument("--set", default="test_2016_flickr")
     p.add_argument("--models", nargs="+", default=["general", "concat", "dot", "none"])
     args = p.parse_args()
-    print(f"CPU: {cpu_kind()}; set: {args.set}\n")
+    print(f"CPU: {cpu_description()}; set: {args.set}\n")
     sources, refs = read_parallel(DATA / f"{args.set}.de.gz", DATA / f"{args.set}.en.gz")
     ensembles(args.models, sources, refs)
     flagship = Translator.load(ROOT / "checkpoints" / f"de-en-{args.models[0]}", device="cpu")

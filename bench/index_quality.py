@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from nmt.data import read_parallel  # noqa: E402
+from nmt.device import cpu_description  # noqa: E402
 from nmt.hub import INDEX_CONFIG, INDEX_FILES  # noqa: E402
 from nmt.serving import neighbors  # noqa: E402
 from nmt.serving.neighbors import IndexSettings, build_index, find_neighbors, sentence_states  # noqa: E402
@@ -208,6 +209,7 @@ def main() -> None:
     p.add_argument("--alternatives", action="store_true", help="also build and measure other index designs")
     p.add_argument("--build-threads", type=int, default=2)
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")
     import faiss
 
     tr = Translator.load(args.model, device="cpu")

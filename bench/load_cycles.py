@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from nmt.device import cpu_description  # noqa: E402
 from nmt.serving.catalog import ModelCache  # noqa: E402
 from nmt.serving.translator import Translator  # noqa: E402
 
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--trim", action="store_true", help="return freed heap memory to the system before measuring")
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")
     torch.set_num_threads(args.threads)
     cache = ModelCache(capacity=2)
     start = time.perf_counter()

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from nmt.device import cpu_description  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 
@@ -102,6 +104,7 @@ def main() -> None:
     p.add_argument("--new-first", action="store_true",
                    help="build the new tree's objects first (the first one built tends to run faster: run both ways)")
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")
     torch.set_num_threads(args.threads)
     OldTranslator, OldTrainer = import_old(args.old)
     from nmt import DataConfig, ModelConfig, TrainConfig, Translator, VocabConfig

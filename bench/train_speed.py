@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from nmt.cli import add_config_args, config_from_args  # noqa: E402
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig  # noqa: E402
 from nmt.data import Batch  # noqa: E402
+from nmt.device import cpu_description  # noqa: E402
 from nmt.model.seq2seq import Seq2Seq  # noqa: E402
 from nmt.training import Trainer  # noqa: E402
 from nmt.training.optim import make_optimizer  # noqa: E402
@@ -68,6 +69,7 @@ def main() -> None:
         else:
             p.add_argument(flag, type=type(f.default), default=f.default)
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")
     d = Path(args.data)
     data = DataConfig(train_src=str(d / f"train.{args.src_lang}.gz"), train_tgt=str(d / f"train.{args.tgt_lang}.gz"),
                       valid_src=str(d / f"val.{args.src_lang}.gz"), valid_tgt=str(d / f"val.{args.tgt_lang}.gz"),

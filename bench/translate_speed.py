@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from nmt.config import EngineConfig  # noqa: E402
 from nmt.data import read_lines  # noqa: E402
+from nmt.device import cpu_description  # noqa: E402
 from nmt.evaluation import corpus_scores  # noqa: E402
 from nmt.serving.translator import Translator  # noqa: E402
 
@@ -37,16 +39,17 @@ def main() -> None:
     p.add_argument("--latency-sents", type=int, default=200, help="sentences timed one at a time (0: skip)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
-                   help="decode with int8 matrix layers (CPU)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode with int8 matrix layers (CPU); unset: the engine's default (nmt.engines.int8)")
     p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
                    help="decoder step as a TorchScript trace (CPU)")
-    p.add_argument("--inter-threads", type=int, default=1, help="batches searched at once (CPU)")
+    p.add_argument("--inter-threads", type=int, default=0, help="batches searched at once (CPU; 0: the default)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay each search step as a CUDA graph (GPU)")
     p.add_argument("--passes", type=int, default=1,
                    help="times each beam x batch setting is timed (with CUDA graphs, the first pass also captures)")
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")
     if args.threads:
         torch.set_num_threads(args.threads)
     translator = Translator.load(args.model, device=args.device)
@@ -54,8 +57,9 @@ def main() -> None:
     refs = read_lines(args.ref) if args.ref else None
     options = dict(int8=args.int8, trace=args.trace, cuda_graphs=args.cuda_graphs)
     translator.translate(sources[:60], beam_size=5, **options)  # warm-up
+    engine = translator.engines.resolve(EngineConfig(args.int8, args.inter_threads, args.trace, args.cuda_graphs))
     print(f"model {args.model} on {translator.device}, {torch.get_num_threads()} threads, "
-          f"{'int8' if args.int8 else 'fp32'}, trace {args.trace}, inter_threads {args.inter_threads}, "
+          f"{'int8' if engine.int8 else 'fp32'}, trace {args.trace}, inter_threads {engine.inter_threads}, "
           f"CUDA graphs {args.cuda_graphs and translator.device.type == 'cuda'}, {len(sources)} sentences")
     for beam in args.beam_sizes:
         for batch, run in itertools.product(args.batch_sizes, range(args.passes)):

@@ -20,9 +20,9 @@ MAX_BEAM = 10
 # (one step's scores: 20 sentences x beam 10 x 200,000 floats = 160 MB).
 REQUEST_LEN_A, REQUEST_LEN_B, REQUEST_BATCH, MAX_TGT_VOCAB = 3.0, 50, 20, 200_000
 CONCURRENCY = 4  # requests translating at once; the others wait in the queue
-# int8 decoding on a CPU: the faster engine for one sentence, at the same BLEU up to rounding
-# (BENCHMARKS.md). NMT_INT8=0: fp32.
-INT8 = os.environ.get("NMT_INT8", "1") != "0"
+# The engine decides int8 as for the API and the CLI (on a CPU where the checkpoint records that it
+# keeps its validation BLEU: nmt.engines.int8); NMT_INT8=0 forces exact fp32.
+INT8 = None if os.environ.get("NMT_INT8", "1") != "0" else False
 QUEUE_SIZE = 200
 MODELS = catalog.discover()
 DEFAULT_DIRECTION = next(iter(catalog.directions(MODELS)), "")
@@ -152,7 +152,7 @@ def _file_path(value) -> str | None:
 def run_translation(translator: Translator, sentences: list[str], options: dict) -> list[Translation]:
     """``translator.translate``, with lexicon errors naming the uploaded file instead of its temporary path."""
     try:
-        return translator.translate(sentences, int8=INT8 and translator.device.type == "cpu", **options)
+        return translator.translate(sentences, int8=INT8, **options)
     except DataError as exc:
         path = options.get("lexicon")
         message = str(exc).replace(path, f"lexicon {Path(path).name!r}") if path else str(exc)

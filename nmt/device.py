@@ -1,8 +1,13 @@
-"""Choosing the device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+"""Choosing the device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; what the CPU is."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+# The vector extensions that decide which kernels run (fp32 AVX2 / AVX-512, int8 VNNI, bf16 AMX)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
 def pick_device(name: str | torch.device | None = None) -> torch.device:
@@ -18,3 +23,17 @@ def pick_device(name: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} was asked for but CUDA is not available")
     return device
+
+
+def cpu_description() -> str:
+    """The CPU's model name, its logical CPUs and which of ``CPU_FLAGS`` it has: printed with every
+    benchmark figure, since the kind of CPU changes them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU (no /proc/cpuinfo)"
+    lines = info.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    count = sum(line.startswith("processor") for line in lines)
+    return f"{model}, {count} logical CPUs, {' '.join(f for f in CPU_FLAGS if f in flags) or 'no AVX2'}"

@@ -331,7 +331,7 @@ def test_translate_returns_text_n_best_and_attention_figure(client, tiny_transla
     text = "Ein Hund läuft. Die Katze schläft auf dem Sofa."
     status, result = translate(client, text, beam=5, n_best=3)
     expected = tiny_translators["general"].translate(["Ein Hund läuft.", "Die Katze schläft auf dem Sofa."],
-                                                     beam_size=5, n_best=3, replace_unk=True, int8=True)  # the app's default
+                                                     beam_size=5, n_best=3, replace_unk=True)  # the engine's default, as the app
     assert result["ok"] and "Translated 2 sentences" in status
     assert [s["translation"] for s in result["sentences"]] == ["A dog runs.", "The cat sleeps on the sofa."]
     for got, want in zip(result["sentences"], expected):
@@ -452,7 +452,7 @@ def test_a_hub_model_is_downloaded_and_unk_replacement_is_marked(client, unk_tra
     assert plain["model"]["source"] == "hub" and plain["sentences"][0]["tokens"] == ["A", "<unk>", "runs", "."]
     [row] = replaced["sentences"]
     [rep] = row["unk_replacements"]
-    expected = unk_translator.translate(["Ein Hund läuft."], replace_unk=True, int8=True)[0]
+    expected = unk_translator.translate(["Ein Hund läuft."], replace_unk=True)[0]
     assert rep["position"] == 1 and rep["source_word"] == row["src_tokens"][rep["source_position"]]
     assert row["tokens"] == expected.tokens and rep["word"] == rep["source_word"]
 

@@ -123,4 +123,4 @@ def test_batches_searched_at_once_give_the_same_translations(tiny_translators, m
         assert [c.score for c in a.n_best] == [c.score for c in b.n_best]
         assert np.array_equal(a.attention, b.attention)
     with pytest.raises(ValueError, match="inter_threads"):
-        tr.translate(sents, inter_threads=0)
+        tr.translate(sents, inter_threads=-1)

@@ -5,12 +5,17 @@ A ``SearchEngine`` is resolved once per setting, from the device and an ``Engine
 | engine       | device | setting                     | model searched                        |
 |--------------|--------|-----------------------------|---------------------------------------|
 | plain        | any    | (always available)          | the model                             |
-| int8         | CPU    | ``int8``                    | a copy with int8 matrix layers        |
+| int8         | CPU    | ``int8`` (unset: see below) | a copy with int8 matrix layers        |
 | tracing      | CPU    | ``trace`` (the default)     | its decoder step as a TorchScript trace |
 | CUDA graphs  | CUDA   | ``cuda_graphs`` (default)   | each beam step replayed as a graph    |
 
 An ensemble (``nmt.search.ensemble``) runs every engine too: its members' int8 copies and
 traces are made by each member's own ``Engines``, and a CUDA graph captures the whole ensemble step.
+
+Settings left unset are decided here, in one place, for the API, the CLI and the app alike
+(``Engines.resolve``): int8 on a CPU where the checkpoint records that it keeps its validation BLEU
+(``nmt.engines.int8.int8_keeps_quality``), else exact fp32; ``inter_threads`` 0: as many batches at
+once as the CPU has threads, at most 4 (on a GPU, one).
 
 Engines give the plain path's results (int8 up to its rounding). What search finds is set by a
 ``DecodeConfig`` (beam, n-best, lengths), never by the engine.
@@ -19,6 +24,7 @@ Engines give the plain path's results (int8 up to its rounding). What search fin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -96,15 +102,24 @@ class Engines:
     """The search engines of one model (in eval mode) on one device, each made once: the int8
     copy, the traces and the CUDA graphs are shared by every setting that uses them. Thread-safe."""
 
-    def __init__(self, model: Seq2Seq | Ensemble, device: torch.device):
+    def __init__(self, model: Seq2Seq | Ensemble, device: torch.device, int8_default: bool = False):
         self.model, self.device = model, device
+        self.int8_default = int8_default and device.type == "cpu"  # (the checkpoint's record: see resolve)
         self._models: dict[tuple[bool, bool], object] = {}  # (int8, traced) -> search model
         self._members = [Engines(m, device) for m in model.members] if isinstance(model, Ensemble) else []
         self.graphs: GraphedBeamSearch | None = None  # made at the first search with CUDA graphs
         self._lock = threading.Lock()
 
-    def get(self, cfg: EngineConfig) -> SearchEngine:
+    def resolve(self, cfg: EngineConfig) -> EngineConfig:
+        """``cfg`` with its unset settings decided: int8 where the model keeps its quality with it
+        (``int8_default``), inter_threads from the CPU's threads. A setting given always wins."""
         cfg.validate()
+        int8 = self.int8_default if cfg.int8 is None else cfg.int8
+        threads = cfg.inter_threads or (min(4, torch.get_num_threads()) if self.device.type == "cpu" else 1)
+        return dataclasses.replace(cfg, int8=int8, inter_threads=threads)
+
+    def get(self, cfg: EngineConfig) -> SearchEngine:
+        cfg = self.resolve(cfg)
         if self.device.type == "cuda" and cfg.cuda_graphs and not cfg.int8:
             return SearchEngine(self.model, self.device, self._graphed(), cfg.inter_threads)
         return SearchEngine(self.model_for(cfg.int8, cfg.trace), self.device, None, cfg.inter_threads)

@@ -13,6 +13,7 @@ import torch
 from nmt.checkpoint import MAX_PARAMETERS, Checkpoint, download_limits, load_checkpoint
 from nmt.config import DecodeConfig, EngineConfig, from_dict
 from nmt.device import pick_device
+from nmt.engines.int8 import int8_keeps_quality
 from nmt.engines.search_engine import Engines
 from nmt.errors import CheckpointError, NMTError
 from nmt.safe_io import checkpoint_file
@@ -73,7 +74,9 @@ class Translator:
         self.defaults = dataclasses.replace(from_dict(DecodeConfig, self.checkpoint.extra.get("decode", {}), "decode"),
                                             lexicon="")
         self._lexicon: dict[str, str] | None = None
-        self.engines = Engines(self.model, self.device)  # how search runs: made once per setting
+        # How search runs, made once per setting; int8 by default where every model records it keeps its BLEU.
+        int8_default = all(int8_keeps_quality(c.extra.get("int8")) for c in self.checkpoints)
+        self.engines = Engines(self.model, self.device, int8_default)
         self._lock = threading.Lock()
 
     @classmethod
@@ -204,6 +207,7 @@ class Translator:
         if not src_tokens:
             raise NMTError("Nothing to translate: the sentence is empty")
         prefixes = self.prefix_ids([prefix], 1)
+        engine_cfg = self.engines.resolve(engine_cfg)
         model = self.engines.model_for(engine_cfg.int8, engine_cfg.trace) if self.device.type == "cpu" else self.model
         src = torch.tensor([self.checkpoint.src_vocab.encode(src_tokens)], device=self.device)
         history = History()
