@@ -33,7 +33,6 @@ logger = logging.getLogger("nmt.app")
 def sentence_result(r: Translation, translator: Translator, compact: bool = False) -> dict:
     """One sentence's translation, n-best list, UNK replacements and attention figure, JSON-ready
     (``compact``: a heatmap for a narrow column)."""
-    vocab = translator.checkpoint.src_vocab.stoi
     figure = (json.loads(plots.attention_figure(r, compact=compact).to_json())
               if r.attention is not None and r.tokens else None)
     return {
@@ -41,7 +40,7 @@ def sentence_result(r: Translation, translator: Translator, compact: bool = Fals
         "score": round(float(r.score), 4),
         "n_best": [candidate_result(c) for c in r.n_best],
         "unk_replacements": replacements_json(r.replacements),
-        "unknown_source_words": list(dict.fromkeys(t for t in r.src_tokens if t not in vocab)),
+        "unknown_source_words": list(dict.fromkeys(translator.checkpoint.inputs.unknown(r.src_tokens))),
         "attention_figure": figure,
         "attention_note": None if figure else _no_attention_note(translator),
     }

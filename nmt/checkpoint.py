@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from nmt.config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
 from nmt.errors import CheckpointError
+from nmt.inputs import SourceInputs, spellings
 from nmt.hub import INDEX_FILES, LEXICON_FILE, PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
 from nmt.model.seq2seq import Seq2Seq
 from nmt.safe_io import KIB, MAX_LEXICON_BYTES, MIB, checkpoint_file, decode_lines, read_capped
@@ -51,6 +52,23 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)  # other config.json entries (training/decoding settings)
     path: Path | None = None
     lexicon: Path | None = None  # the checkpoint's own 'source ||| target' file (decode.lexicon), inside path
+    chars: Vocabulary | None = None  # the characters of char-CNN inputs (use_chars_enc / use_chars_dec)
+    features: list[Vocabulary] = field(default_factory=list)  # each source word feature's values
+
+    def __post_init__(self):
+        cfg = getattr(self.model, "cfg", None)  # (a test's scripted model has none)
+        if cfg is not None and cfg.use_chars_dec and self.chars is not None:  # (the decoder spells the target words)
+            self.model.decoder.embeddings.set_spelling(spellings(self.tgt_vocab.itos, self.chars,
+                                                                 self.model.cfg.max_word_length))
+
+    @property
+    def inputs(self) -> SourceInputs:
+        """How this model's source tokens become its encoder's input ids."""
+        cfg = getattr(self.model, "cfg", None)
+        if cfg is None:
+            return SourceInputs(self.src_vocab)
+        return SourceInputs(self.src_vocab, cfg.src_features, self.chars if cfg.use_chars_enc else None,
+                            self.features, cfg.max_word_length)
 
 
 def state_dict_for_saving(model: Seq2Seq, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -68,6 +86,9 @@ def write_model_files(folder: Path, ckpt: Checkpoint, dtype: torch.dtype | None 
     record = {**(previous if isinstance(previous, dict) else {}), "weights_sha256": file_sha256(folder / WEIGHTS)}
     config = {"format_version": FORMAT_VERSION, "src_lang": ckpt.src_lang, "tgt_lang": ckpt.tgt_lang,
               **ckpt.extra, "checkpoint": record, "model": to_dict(ckpt.model.cfg)}
+    if ckpt.chars is not None or ckpt.features:
+        config["inputs"] = {"chars": ckpt.chars.itos if ckpt.chars is not None else None,
+                            "features": [v.itos for v in ckpt.features]}
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     ckpt.src_vocab.save(folder / SRC_VOCAB)
     ckpt.tgt_vocab.save(folder / TGT_VOCAB)
@@ -210,10 +231,35 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     src_vocab, tgt_vocab = read_vocabulary(folder, SRC_VOCAB), read_vocabulary(folder, TGT_VOCAB)
     if len(src_vocab) != cfg.src_vocab or len(tgt_vocab) != cfg.tgt_vocab:
         raise CheckpointError(f"{folder}: vocabulary files do not match the model's sizes")
-    extra = {k: v for k, v in config.items() if k not in ("format_version", "src_lang", "tgt_lang", "model")}
+    chars, features = read_inputs(config.get("inputs", {}), cfg, folder)
+    extra = {k: v for k, v in config.items() if k not in ("format_version", "src_lang", "tgt_lang", "model", "inputs")}
     model.to(device).eval()
     return Checkpoint(model, src_vocab, tgt_vocab, _lang(config, "src_lang", "de", folder),
-                      _lang(config, "tgt_lang", "en", folder), extra, folder, lexicon)
+                      _lang(config, "tgt_lang", "en", folder), extra, folder, lexicon, chars, features)
+
+
+def read_inputs(section, cfg: ModelConfig, folder: Path) -> tuple[Vocabulary | None, list[Vocabulary]]:
+    """The character and feature vocabularies of config.json's ``inputs``, checked against the model's sizes."""
+    where = f"{folder / CONFIG}: inputs"
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{where} must be a JSON object")
+    chars, features = section.get("chars"), section.get("features") or []
+    needs_chars = cfg.use_chars_enc or cfg.use_chars_dec
+    if needs_chars != (chars is not None) or (needs_chars and not _words(chars, cfg.char_vocab)):
+        raise CheckpointError(f"{where}.chars must list the model's {cfg.char_vocab} characters (or be absent "
+                              "for a model without character inputs)")
+    if not isinstance(features, list) or len(features) != len(cfg.feature_vocabs) or not all(
+            _words(v, n) for v, n in zip(features, cfg.feature_vocabs)):
+        raise CheckpointError(f"{where}.features must list the values of each of the model's "
+                              f"{len(cfg.feature_vocabs)} features")
+    try:
+        return (Vocabulary(chars) if chars is not None else None), [Vocabulary(v) for v in features]
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+
+
+def _words(values, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(isinstance(v, str) and len(v) < 1000 for v in values)
 
 
 def download_limits(max_parameters: int) -> dict[str, int]:

@@ -14,10 +14,12 @@ from typing import Any
 
 FORMAT_VERSION = 1
 ATTENTION_KINDS = ("none", "dot", "general", "concat")
+FEATURE_MODES = ("", "case", "inline")  # source word features: none, the built-in case feature, word-|-feat tokens
+RNN_TYPES, BRNN_MERGES, DECODERS = ("lstm", "gru"), ("concat", "sum"), ("luong", "bahdanau")
 OPTIMIZERS = ("sgd", "adagrad", "adadelta", "adam")
 # Upper bounds that keep a config (which may come from an untrusted checkpoint) from asking for
 # absurd allocations; the total size of a loaded model has its own limit (nmt.checkpoint).
-MAX_LAYERS, MAX_WIDTH, MAX_VOCAB = 16, 8192, 2_000_000
+MAX_LAYERS, MAX_WIDTH, MAX_VOCAB, MAX_FEATURES = 16, 8192, 2_000_000, 16
 MAX_BEAM_SIZE = 100  # beam 1000 took 585 MB for two sentences; seq2seq-attn's default is 5
 MAX_LEN_A, MAX_LEN_B = 10.0, 1000  # output length = a * source length + b
 MAX_LENGTH_PENALTY = 10.0
@@ -69,14 +71,44 @@ class ModelConfig:
     dropout: float = _help("dropout on embeddings, between layers and on the decoder output", default=0.3)
     tie_embeddings: bool = _help("share decoder input embeddings with the output layer", default=False)
     param_init: float = _help("uniform initialisation range (0: PyTorch defaults)", default=0.1)
+    rnn_type: str = _help("recurrent cell of the encoder and the decoder", default="lstm", meta={"choices": RNN_TYPES})
+    res_net: bool = _help("residual connections between stacked layers (seq2seq-attn -res_net)", default=False)
+    multi_attn: int = _help("also attend on decoder layer N's output, the input of layer N+1 (seq2seq-attn "
+                            "-multi_attn; 0: off)", default=0)
+    brnn_merge: str = _help("how a bidirectional encoder joins its directions: concat (half-size directions) or "
+                            "sum (full-size directions, seq2seq-attn)", default="concat", meta={"choices": BRNN_MERGES})
+    enc_hidden: int = _help("encoder size (0: --hidden); another size needs --bridge with --init-dec",
+                            default=0)
+    decoder: str = _help("luong (attention after the RNN, input feeding) or bahdanau (attention from the previous "
+                         "state, the context in the RNN's input)", default="luong", meta={"choices": DECODERS})
     src_vocab: int = _help("source vocabulary size (set from the data)", default=0)
     tgt_vocab: int = _help("target vocabulary size (set from the data)", default=0)
+    # Input layers (nmt.model.embeddings; seq2seq-attn's names)
+    use_chars_enc: bool = _help("read source words as their characters: char-CNN + highway (Kim et al. 2016)",
+                                default=False)
+    use_chars_dec: bool = _help("read the decoder's previous word as its characters (the output stays words)",
+                                default=False)
+    char_vec_size: int = _help("character embedding size", default=25)
+    kernel_width: int = _help("width of the character convolution", default=6)
+    num_kernels: int = _help("character convolution filters: the size of a word's vector", default=1000)
+    num_highway_layers: int = _help("highway layers after the character convolution", default=2)
+    max_word_length: int = _help("characters read per word, its begin and end marks included (seq2seq-attn "
+                                 "maxwordlength)", default=35)
+    src_features: str = _help("source word features: none, 'case' (built in: the word's case, words looked up "
+                              "lower-cased) or 'inline' (a tokenized source of word-|-feat1-|-feat2 tokens)",
+                              default="", meta={"choices": FEATURE_MODES})
+    feature_vec_size: int = _help("embedding size of each word feature (0: N ** --feature-embeddings-dim-exponent "
+                                  "for N values)", default=0)
+    feature_embeddings_dim_exponent: float = _help("see --feature-vec-size", default=0.7)
+    char_vocab: int = field(default=0)  # characters (set from the data)
+    feature_vocabs: tuple = field(default=())  # values of each source feature (set from the data)
 
     def validate(self) -> None:
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.brnn and self.hidden % 2:
-            raise ValueError("a bidirectional encoder needs an even --hidden")
+        if self.brnn and self.brnn_merge == "concat" and self.encoder_size % 2:
+            size = "--enc-hidden" if self.enc_hidden else "--hidden"
+            raise ValueError(f"a bidirectional encoder needs an even {size} (or --brnn-merge sum)")
         if self.tie_embeddings and self.emb_size != self.hidden:
             raise ValueError("--tie-embeddings needs --emb-size equal to --hidden")
         if self.layers < 1 or self.hidden < 1 or self.emb_size < 1:
@@ -89,6 +121,53 @@ class ModelConfig:
             raise ValueError("--dropout must be in [0, 1)")
         if not 0.0 <= self.param_init < math.inf:
             raise ValueError("--param-init must be a finite number, at least 0")
+        self._validate_options()
+        self._validate_inputs()
+
+    def _validate_inputs(self) -> None:
+        if self.src_features not in FEATURE_MODES:
+            raise ValueError(f"--src-features must be one of {FEATURE_MODES}, got {self.src_features!r}")
+        if self.use_chars_dec and self.tie_embeddings:
+            raise ValueError("--tie-embeddings needs word embeddings on the decoder side (not --use-chars-dec)")
+        sizes = (self.char_vec_size, self.kernel_width, self.num_kernels, self.max_word_length)
+        if any(not 1 <= n <= MAX_WIDTH for n in sizes) or not 0 <= self.num_highway_layers <= MAX_LAYERS:
+            raise ValueError(f"--char-vec-size, --kernel-width, --num-kernels and --max-word-length must be 1-{MAX_WIDTH}, "
+                             f"--num-highway-layers 0-{MAX_LAYERS}")
+        if self.kernel_width > self.max_word_length:
+            raise ValueError("--kernel-width must be at most --max-word-length")
+        if not 0 <= self.char_vocab <= MAX_VOCAB or len(self.feature_vocabs) > MAX_FEATURES:
+            raise ValueError(f"at most {MAX_VOCAB:,} characters and {MAX_FEATURES} features")
+        if any(not 0 <= n <= MAX_VOCAB for n in self.feature_vocabs) or not 0 <= self.feature_vec_size <= MAX_WIDTH:
+            raise ValueError(f"feature vocabularies of at most {MAX_VOCAB:,} values, --feature-vec-size at most {MAX_WIDTH}")
+        if not 0.0 < self.feature_embeddings_dim_exponent <= 1.0:
+            raise ValueError("--feature-embeddings-dim-exponent must be in (0, 1]")
+
+    @property
+    def encoder_size(self) -> int:
+        """The encoder's output (memory) size: --enc-hidden, or --hidden when that is 0."""
+        return self.enc_hidden or self.hidden
+
+    def _validate_options(self) -> None:
+        """The checks of the cell, residual, multi-attention, merge, encoder-size and decoder options."""
+        for name, value, choices in (("rnn_type", self.rnn_type, RNN_TYPES), ("decoder", self.decoder, DECODERS),
+                                     ("brnn_merge", self.brnn_merge, BRNN_MERGES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if not 0 <= self.enc_hidden <= MAX_WIDTH:
+            raise ValueError(f"--enc-hidden must be between 0 (--hidden) and {MAX_WIDTH}")
+        if self.encoder_size != self.hidden and self.attention == "dot":
+            raise ValueError("dot attention needs the encoder and decoder sizes to match (--enc-hidden): "
+                             "use general or concat attention")
+        if self.encoder_size != self.hidden and self.init_dec and not self.bridge:
+            raise ValueError("--enc-hidden different from --hidden needs --bridge to initialise the decoder "
+                             "(or --no-init-dec)")
+        if self.multi_attn and not 1 <= self.multi_attn < self.layers:
+            raise ValueError(f"--multi-attn N attends on a layer below the top one: N must be between 1 and "
+                             f"--layers - 1 = {self.layers - 1} (0: off), got {self.multi_attn}")
+        if self.multi_attn and (self.attention == "none" or self.decoder != "luong"):
+            raise ValueError("--multi-attn needs an attention kind and --decoder luong")
+        if self.decoder == "bahdanau" and self.attention == "none":
+            raise ValueError("--decoder bahdanau needs an attention kind (dot, general or concat)")
 
 
 @dataclass
@@ -190,6 +269,12 @@ def from_dict(cls: type, data: Any, section: str = "") -> Any:
 
 def _checked(value: Any, default: Any, where: str) -> Any:
     """``value`` if it has the type of ``default`` (a float field takes an int; None fields take a bool)."""
+    if isinstance(default, tuple):  # (a tuple of non-negative integers, a JSON list)
+        ok = isinstance(value, (list, tuple)) and len(value) <= 64 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        if not ok:
+            raise ValueError(f"{where!r} must be a list of at most 64 non-negative integers")
+        return tuple(value)
     if default is None or isinstance(default, bool):
         ok, kind = isinstance(value, bool) or (default is None and value is None), "true or false"
     elif isinstance(default, int):

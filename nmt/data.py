@@ -51,14 +51,15 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
     return src, tgt
 
 
-def tokenize_all(lines: list[str], lang: str) -> list[list[str]]:
-    tok = get_tokenizer(lang)
+def tokenize_all(lines: list[str], lang: str, pretokenized: bool = False) -> list[list[str]]:
+    """Moses tokens of each line, or its space-separated tokens (``pretokenized``: ``nmt.inputs``' inline features)."""
+    tok = get_tokenizer(lang, pretokenized)
     return [tok.tokenize(line) for line in lines]
 
 
 @dataclass
 class Batch:
-    src: torch.Tensor  # (batch, src_len) token ids, PAD-padded
+    src: torch.Tensor  # (batch, src_len) token ids, PAD-padded, or (batch, src_len, columns) rows (nmt.inputs)
     src_lengths: torch.Tensor  # (batch,)
     tgt_in: torch.Tensor  # (batch, tgt_len) <s> w1 .. wn
     tgt_out: torch.Tensor  # (batch, tgt_len) w1 .. wn </s>
@@ -72,11 +73,16 @@ class Batch:
         return int((self.tgt_out != PAD_ID).sum())
 
 
-def pad(seqs: list[list[int]], value: int = PAD_ID) -> torch.Tensor:
+def pad(seqs: list[list[int]] | list[list[list[int]]], value: int = PAD_ID) -> torch.Tensor:
+    """(batch, longest) ids, or (batch, longest, columns) for sequences of id rows (characters and
+    features: ``nmt.inputs``), padded with ``value``."""
     width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    row = next((s[0] for s in seqs if s), 0)
+    columns = (len(row),) if isinstance(row, list) else ()
+    out = torch.full((len(seqs), width, *columns), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        if s:
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
 
 
@@ -111,6 +117,11 @@ class ParallelDataset:
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, in_order: bool = False) -> Iterator[Batch]:
         """Batches of similar length. ``shuffle``: random buckets and batch order from ``seed``;
         ``in_order``: batches by increasing length (curriculum)."""
+        for chunk in self.batch_indices(batch_size, shuffle, seed, in_order):
+            yield self.make_batch(chunk)
+
+    def batch_indices(self, batch_size: int, shuffle: bool = True, seed: int = 0, in_order: bool = False) -> list[list[int]]:
+        """The examples of each of ``batches``' batches, in its order."""
         rng = random.Random(seed)
         order = list(range(len(self)))
         if shuffle and not in_order:

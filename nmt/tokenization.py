@@ -28,9 +28,22 @@ class Tokenizer:
         return self._detok.detokenize(tokens)
 
 
+class PretokenizedTokenizer:
+    """For text tokenized already (a source of ``word-|-feature`` tokens, ``nmt.inputs``): split at spaces."""
+
+    def __init__(self, lang: str):
+        self.lang = lang
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def detokenize(self, tokens: list[str]) -> str:
+        return " ".join(tokens)
+
+
 @functools.lru_cache(maxsize=16)
-def get_tokenizer(lang: str) -> Tokenizer:
-    return Tokenizer(lang)
+def get_tokenizer(lang: str, pretokenized: bool = False) -> Tokenizer | PretokenizedTokenizer:
+    return PretokenizedTokenizer(lang) if pretokenized else Tokenizer(lang)
 
 
 def split_sentences(text: str) -> list[str]:

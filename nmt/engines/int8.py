@@ -21,15 +21,15 @@ INT8_MAX_BLEU_LOSS = 0.3  # validation BLEU int8 may lose against fp32 and still
 
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """A copy whose Linear and LSTMCell layers run in int8 (weights quantized once, activations per call).
+    """A copy whose Linear, LSTMCell and GRUCell layers run in int8 (weights quantized once, activations per call).
 
     Decoding is bound by reading the output layer's weights at every step; int8 reads a quarter
-    of the bytes. The encoder's LSTM and the embeddings stay in fp32.
+    of the bytes. The encoder's LSTM or GRU and the embeddings stay in fp32.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notice that it moves to torchao
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear, nn.LSTMCell},
-                                                      dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(),
+                                                      {nn.Linear, nn.LSTMCell, nn.GRUCell}, dtype=torch.qint8)
 
 
 def int8_keeps_quality(record) -> bool:

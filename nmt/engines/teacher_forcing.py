@@ -14,6 +14,9 @@ record their factors instead; autograd calls ``_Shared``'s backward only after e
 (it depends on them all), which then multiplies the factors out. No other change to training:
 ``loss.backward()`` leaves the same gradients (up to float rounding; the tests compare them).
 
+The steps are written for Luong's decoder of LSTM cells (``TeacherForcing.handles``); a GRU, residual
+layers, a lower attention (multi_attn) or Bahdanau's decoder train through the model's plain forward.
+
 A one-layer decoder with input feeding and dot or general attention (the classic setting) goes
 further: its whole step is one autograd node (``FusedStep``), with the backward written out,
 instead of a graph of some thirty nodes per step.
@@ -33,6 +36,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from nmt.config import ModelConfig
 from nmt.model.decoders import InputFeedDecoder, State, by_layer
 from nmt.model.seq2seq import Seq2Seq
 
@@ -287,8 +291,18 @@ class TeacherForcing:
         """CPU training without scheduled sampling (which feeds predictions step by step)."""
         return device.type == "cpu" and scheduled_sampling <= 0
 
+    @staticmethod
+    def handles(cfg: ModelConfig) -> bool:
+        """Whether the hand-written steps implement this decoder: Luong's, of LSTM cells, without
+        residual layers or a lower attention (any encoder: it runs as the model's own)."""
+        return cfg.rnn_type == "lstm" and not cfg.res_net and not cfg.multi_attn and cfg.decoder == "luong"
+
     def forward(self, model: Seq2Seq, src, src_lengths, tgt_in, only: torch.Tensor | None = None):
-        """Logits and attention as ``model(src, src_lengths, tgt_in, only=only)``."""
+        """Logits and attention as ``model(src, src_lengths, tgt_in, only=only)``; a decoder the engine
+        does not implement (``handles``) runs as the model's plain forward (the trainer asks ``supports``,
+        which knows only the device, so the fall-back is here)."""
+        if not self.handles(model.cfg):
+            return model(src, src_lengths, tgt_in, only=only)
         state = model.encode(src, src_lengths)
         decoder = model.decoder
         emb = decoder.embeddings(tgt_in)  # (batch, tgt_len, emb)

@@ -1,6 +1,8 @@
 """Global attention (Luong et al. 2015, section 3.1): dot, general or concat (Bahdanau et al. 2015).
 
-With h_t the decoder's top hidden state and h_s the encoder's output at source position s:
+With h_t the decoder's top hidden state (the query, of the decoder's size) and h_s the encoder's
+output at source position s (of the encoder's size; general and concat map it to the query's size,
+dot needs the two sizes equal):
 
     score(h_t, h_s) = h_t . h_s                        dot      (Luong eq. 8)
                     = h_t . W_a h_s                    general  (Luong eq. 8)
@@ -62,10 +64,21 @@ class GlobalAttention(nn.Module):
         Returns the attentional hidden state h~_t (rows, hidden) and the weights a_t (rows, src_len)."""
         batch, src_len = mask.shape
         q = query.view(batch, -1, query.size(-1))  # (batch, k, hidden)
+        context, weights = self.attend(q, memory, keys, mask)
+        return self.attentional_state(context, q).view(query.shape), weights.view(-1, src_len)
+
+    def context(self, query, memory, keys, mask):
+        """The context c_t (rows, mem) and the weights a_t (rows, src_len) alone, for a decoder that
+        combines c_t with another state than the query (Bahdanau's: nmt.model.bahdanau)."""
+        batch, src_len = mask.shape
+        context, weights = self.attend(query.view(batch, -1, query.size(-1)), memory, keys, mask)
+        return context.view(query.size(0), -1), weights.view(-1, src_len)
+
+    def attend(self, q, memory, keys, mask):
+        """Luong eq. 7 and the context: q (batch, k, query_size) -> c_t (batch, k, mem), a_t (batch, k, src_len)."""
         scores = self.scores(q, keys).masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # (batch, k, src_len)
-        context = torch.bmm(weights, memory)  # (batch, k, mem)
-        return self.attentional_state(context, q).view(query.shape), weights.view(-1, src_len)
+        return torch.bmm(weights, memory), weights  # (batch, k, mem)
 
     def attentional_state(self, context: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """h~_t = tanh(W_c [c_t; h_t]) from the context (..., mem) and the queries (..., hidden)."""

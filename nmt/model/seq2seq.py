@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from nmt.config import ModelConfig
+from nmt.model.bahdanau import BahdanauDecoder
 from nmt.model.decoders import SENTENCE_KEYS, InputFeedDecoder, State
-from nmt.model.embeddings import WordEmbeddings
-from nmt.model.encoders import LSTMEncoder
+from nmt.model.embeddings import source_input, target_input
+from nmt.model.encoders import RNNEncoder
 
 
 class Seq2Seq(nn.Module):
@@ -20,17 +21,17 @@ class Seq2Seq(nn.Module):
         if cfg.src_vocab < 5 or cfg.tgt_vocab < 5:
             raise ValueError("vocabulary sizes must be set (src_vocab, tgt_vocab)")
         self.cfg = cfg
-        src_emb = WordEmbeddings(cfg.src_vocab, cfg.emb_size, cfg.dropout)
-        tgt_emb = WordEmbeddings(cfg.tgt_vocab, cfg.emb_size, cfg.dropout)
-        self.encoder = LSTMEncoder(src_emb, cfg.hidden, cfg.layers, cfg.brnn, cfg.dropout, cfg.reverse_src)
-        self.decoder = InputFeedDecoder(tgt_emb, cfg.hidden, cfg.layers, cfg.attention,
-                                        self.encoder.output_size, cfg.input_feed, cfg.dropout)
-        if cfg.init_dec and cfg.bridge:
-            self.bridge = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(2))
+        src_emb, tgt_emb = source_input(cfg), target_input(cfg)
+        self.encoder = RNNEncoder(src_emb, cfg.encoder_size, cfg.layers, cfg.brnn, cfg.dropout, cfg.reverse_src,
+                                  cfg.rnn_type, cfg.brnn_merge, cfg.res_net)
+        self.decoder = make_decoder(cfg, tgt_emb, self.encoder.output_size)
+        if cfg.init_dec and cfg.bridge:  # one linear map for h (and one for an LSTM's c), encoder -> decoder size
+            states = 2 if cfg.rnn_type == "lstm" else 1
+            self.bridge = nn.ModuleList(nn.Linear(cfg.encoder_size, cfg.hidden) for _ in range(states))
         self.generator = nn.Linear(cfg.hidden, cfg.tgt_vocab)
         self.reset_parameters()
         if cfg.tie_embeddings:
-            self.generator.weight = tgt_emb.embedding.weight
+            self.generator.weight = tgt_emb.weight
 
     def reset_parameters(self) -> None:
         if self.cfg.param_init > 0:
@@ -38,7 +39,7 @@ class Seq2Seq(nn.Module):
                 nn.init.uniform_(p, -self.cfg.param_init, self.cfg.param_init)
         with torch.no_grad():
             for emb in (self.encoder.embeddings, self.decoder.embeddings):
-                emb.weight[emb.embedding.padding_idx].zero_()
+                emb.reset_padding()
 
     @property
     def has_attention(self) -> bool:
@@ -46,13 +47,14 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> State:
         """Encode (batch, src_len) and return the decoder's initial state."""
-        memory, (h, c) = self.encoder(src, lengths)
+        memory, (h, c) = self.encoder(src, lengths)  # h, c (layers, batch, encoder size); c None for a GRU
         mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
+        finals = [h] if c is None else [h, c]
         if not self.cfg.init_dec:
-            h, c = torch.zeros_like(h), torch.zeros_like(c)
+            finals = [s.new_zeros(*s.shape[:2], self.cfg.hidden) for s in finals]
         elif self.cfg.bridge:
-            h, c = torch.tanh(self.bridge[0](h)), torch.tanh(self.bridge[1](c))
-        return self.decoder.init_state(memory, mask, h.transpose(0, 1), c.transpose(0, 1))
+            finals = [torch.tanh(bridge(s)) for bridge, s in zip(self.bridge, finals)]
+        return self.decoder.init_state(memory, mask, *(s.transpose(0, 1) for s in finals))
 
     def forward(self, src, src_lengths, tgt_in, sampling_prob: float = 0.0, only: torch.Tensor | None = None):
         """Logits (batch, tgt_len, tgt_vocab) and attention (batch, tgt_len, src_len) or None.
@@ -91,3 +93,12 @@ class Seq2Seq(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def make_decoder(cfg: ModelConfig, tgt_emb: nn.Module, memory_size: int) -> nn.Module:
+    """Luong's input-feeding decoder or Bahdanau's (``--decoder``), on the encoder's memory."""
+    if cfg.decoder == "bahdanau":
+        return BahdanauDecoder(tgt_emb, cfg.hidden, cfg.layers, cfg.attention, memory_size, cfg.dropout,
+                               cfg.rnn_type, cfg.res_net)
+    return InputFeedDecoder(tgt_emb, cfg.hidden, cfg.layers, cfg.attention, memory_size, cfg.input_feed,
+                            cfg.dropout, cfg.rnn_type, cfg.res_net, cfg.multi_attn)

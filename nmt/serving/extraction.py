@@ -57,12 +57,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.data import pad
 from nmt.errors import DataError, NMTError
-from nmt.model.encoders import reverse_index
 from nmt.safe_io import MIB, atomic_output
 from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -139,40 +136,9 @@ def decode_steps(model, state: dict, tgt_in: torch.Tensor, steps: list[int] | No
 
 
 def encoder_layers(encoder, src: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Every layer's output (batch, src_len, enc), aligned with the source positions. ``nn.LSTM`` returns
-    only its top layer, so the layers run one at a time with the same weights (in eval mode a stacked
-    LSTM adds nothing between its layers: its dropout is off)."""
-    if encoder.reverse_src:
-        idx = reverse_index(lengths, src.size(1))  # (batch, src_len)
-        src = src.gather(1, idx)
-    x = encoder.embeddings(src)  # (batch, src_len, emb)
-    cpu_lengths = lengths.cpu()
-    found = []
-    for k in range(encoder.layers):
-        x = _run_layer(_layer_rnn(encoder.rnn, k), x, cpu_lengths)  # (batch, src_len, enc)
-        found.append(x.gather(1, idx.unsqueeze(-1).expand_as(x)) if encoder.reverse_src else x)
-    return found
-
-
-def _layer_rnn(rnn: nn.LSTM, k: int) -> nn.LSTM:
-    """A one-layer LSTM with layer ``k``'s weights of the stacked ``rnn``."""
-    weight = rnn.weight_ih_l0
-    one = nn.LSTM(rnn.input_size if k == 0 else rnn.hidden_size * (2 if rnn.bidirectional else 1), rnn.hidden_size,
-                  batch_first=rnn.batch_first, bidirectional=rnn.bidirectional, device=weight.device,
-                  dtype=weight.dtype)
-    suffixes = ("", "_reverse") if rnn.bidirectional else ("",)
-    names = [f"{kind}_l{{}}{suffix}" for suffix in suffixes for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    one.load_state_dict({name.format(0): getattr(rnn, name.format(k)) for name in names})
-    return one.eval()
-
-
-def _run_layer(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``rnn`` over the padded batch ``x`` (batch, width, in) of these (CPU) lengths, as the encoder runs."""
-    width = x.size(1)
-    if bool((lengths == width).all()):  # (no padding: no packing, as LSTMEncoder.forward)
-        return rnn(x)[0]
-    out, _ = rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
-    return pad_packed_sequence(out, batch_first=True, total_length=width)[0]
+    """Every layer's output (batch, src_len, enc), aligned with the source positions (the encoder's
+    ``layer_outputs``: its stacked RNN returns only the top layer's)."""
+    return encoder.layer_outputs(src, lengths)
 
 
 # ----------------------------------------------------------------------------- extraction to files
@@ -206,10 +172,14 @@ def _pairs(translator, sources: list[str], targets: list[str]) -> _Pairs:
     ck, pairs = translator.checkpoint, _Pairs()
     for i, (source, target) in enumerate(zip(sources, targets)):
         src, tgt = translator.src_tok.tokenize(source), translator.tgt_tok.tokenize(target)
-        src_ids = ck.src_vocab.encode(src)  # (as Translator.translate reads a source)
+        src_ids = ck.inputs.encode(src)  # (as Translator.translate reads a source)
         tgt_ids = [UNK_ID if t in TARGET_SPECIALS else t for t in ck.tgt_vocab.encode(tgt)]  # (as Translator.score)
         record = {"sentence": i}
-        record["src"], src_unk = _read_as(ck.src_vocab, src, src_ids)
+        if ck.inputs.plain:
+            record["src"], src_unk = _read_as(ck.src_vocab, src, src_ids)
+        else:  # (characters or features: the tokens as given, and the words the encoder cannot tell from <unk>)
+            unknown = set(ck.inputs.unknown(src))
+            record["src"], src_unk = src, [[p, w] for p, w in enumerate(ck.inputs.words_of(src)) if w in unknown]
         record["tgt"], tgt_unk = _read_as(ck.tgt_vocab, tgt, tgt_ids)
         record |= {key: v for key, v in (("src_unk", src_unk), ("tgt_unk", tgt_unk)) if v}
         if not src:

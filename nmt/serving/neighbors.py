@@ -175,7 +175,7 @@ def _corpus(translator, sources: list[str], targets: list[str]) -> _Corpus:
             continue
         kept.sources.append(source)
         kept.targets.append(target)
-        kept.src_ids.append(ck.src_vocab.encode(src))
+        kept.src_ids.append(ck.inputs.encode(src))
         kept.tgt_ids.append(ck.tgt_vocab.encode(tgt))
     if skipped:
         log.warning("index: skipped %d of %d pairs (a side empty or over %d tokens)", skipped, len(sources),
@@ -591,14 +591,14 @@ def _query_state(translator, src_tokens: list[str], tgt_tokens: list[str] | None
         if position >= len(src_tokens):
             raise NMTError(f"position {position} is out of range: the source has {len(src_tokens)} tokens "
                            f"(positions 0 to {len(src_tokens) - 1})")
-        memory, _ = sentence_states(translator.model, translator.device, [ck.src_vocab.encode(src_tokens)], None)
+        memory, _ = sentence_states(translator.model, translator.device, [ck.inputs.encode(src_tokens)], None)
         return memory[0, position]
     if not tgt_tokens:
         raise NMTError("the translation is empty")
     if position >= len(tgt_tokens):
         raise NMTError(f"position {position} is out of range: the translation has {len(tgt_tokens)} tokens "
                        f"(positions 0 to {len(tgt_tokens) - 1})")
-    _, out = sentence_states(translator.model, translator.device, [ck.src_vocab.encode(src_tokens)],
+    _, out = sentence_states(translator.model, translator.device, [ck.inputs.encode(src_tokens)],
                              [ck.tgt_vocab.encode(tgt_tokens[:position])])
     return out[0, position]
 
@@ -619,7 +619,7 @@ def _rerank(translator, index: NeighborIndex, side: str, state: np.ndarray, cand
         if not src or len(own) != stored:  # (another tokenizer version): skipped
             continue
         sentences.append(sentence)
-        src_ids.append(ck.src_vocab.encode(src))
+        src_ids.append(ck.inputs.encode(src))
         tgt_ids.append(ck.tgt_vocab.encode(own[:position]))
         tokens.append(own)
     if not sentences:

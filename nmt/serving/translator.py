@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nmt.data import pad
 from nmt.checkpoint import MAX_PARAMETERS, Checkpoint, download_limits, load_checkpoint
 from nmt.config import DecodeConfig, EngineConfig, from_dict
 from nmt.device import pick_device
@@ -67,7 +68,7 @@ class Translator:
         self.device = pick_device(device)
         members = [c.model.to(self.device).eval() for c in self.checkpoints]
         self.model = members[0] if len(members) == 1 else Ensemble(members)
-        self.src_tok = get_tokenizer(self.checkpoint.src_lang)
+        self.src_tok = get_tokenizer(self.checkpoint.src_lang, self.checkpoint.inputs.mode == "inline")
         self.tgt_tok = get_tokenizer(self.checkpoint.tgt_lang)
         # The checkpoint's decoding defaults; its own lexicon (a file inside its folder) is
         # ``checkpoint.lexicon``, read at the first UNK replacement that needs it.
@@ -95,6 +96,16 @@ class Translator:
                                                           max_bytes=download_limits(max_parameters), cache_dir=cache_dir),
                                        max_parameters=max_parameters) for name in names]
         return cls(checkpoints, device)
+
+    @property
+    def model_cfg(self):
+        return self.checkpoint.model.cfg
+
+    def source_ids(self, src_tokens: list[list[str]]) -> list[list[int]] | list[list[list[int]]]:
+        """The encoder's input ids of tokenized sentences (word ids, or rows of characters and
+        features: ``nmt.inputs``); a malformed feature is an error naming the sentence and word."""
+        inputs = self.checkpoint.inputs
+        return [inputs.encode(t, f"sentence {i + 1}") for i, t in enumerate(src_tokens)]
 
     @property
     def is_ensemble(self) -> bool:
@@ -177,7 +188,7 @@ class Translator:
                       prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         """Search every tokenized sentence (``nmt.engines.search_engine.SearchEngine.search_ids``)."""
         searcher = self.engines.get(engine or EngineConfig())
-        return searcher.search_ids([self.checkpoint.src_vocab.encode(t) for t in src_tokens], cfg, prefixes)
+        return searcher.search_ids(self.source_ids(src_tokens), cfg, prefixes)
 
     def _result(self, source: str, src_tokens: list[str], hyps: list[Hypothesis], cfg: DecodeConfig,
                 lexicon: dict | None, forced: int = 0) -> Translation:
@@ -188,7 +199,7 @@ class Translator:
             tokens = self.checkpoint.tgt_vocab.decode(hyp.tokens)
             replaced: list[Replacement] = []
             if cfg.replace_unk and hyp.attention is not None:
-                tokens, replaced = replace_unk(tokens, src_tokens, hyp.attention, lexicon)
+                tokens, replaced = replace_unk(tokens, self.checkpoint.inputs.words_of(src_tokens), hyp.attention, lexicon)
             attention = hyp.attention.numpy() if hyp.attention is not None else None
             candidates.append(Candidate(self.tgt_tok.detokenize(tokens), tokens, hyp.score, attention, replaced,
                                         list(hyp.tokens)))
@@ -209,7 +220,7 @@ class Translator:
         prefixes = self.prefix_ids([prefix], 1)
         engine_cfg = self.engines.resolve(engine_cfg)
         model = self.engines.model_for(engine_cfg.int8, engine_cfg.trace) if self.device.type == "cpu" else self.model
-        src = torch.tensor([self.checkpoint.src_vocab.encode(src_tokens)], device=self.device)
+        src = pad(self.source_ids([src_tokens])).to(self.device)
         history = History()
         [[best, *_]] = beam_search(model, src, torch.tensor([src.size(1)], device=self.device), cfg.beam_size, 1,
                                    cfg.length_penalty, cfg.max_len_a, cfg.max_len_b, history=history,
@@ -243,7 +254,7 @@ class Translator:
         vocab = self.checkpoint.tgt_vocab
         tgt_ids = [[UNK_ID if i in SPECIAL_IDS else i for i in vocab.encode(t)] for t in tgt_tok]
         todo = [i for i in range(len(sources)) if src_tok[i]]
-        forced = forced_decoding(self.model, [self.checkpoint.src_vocab.encode(src_tok[i]) for i in todo],
+        forced = forced_decoding(self.model, self.source_ids([src_tok[i] for i in todo]),
                                  [tgt_ids[i] for i in todo], self.device, alternatives)
         found = dict(zip(todo, forced))
         texts = [self.tgt_tok.detokenize(t) if isinstance(t, (list, tuple)) else t for t in translations]
@@ -257,7 +268,7 @@ class Translator:
         if not translation.src_tokens:
             return [None] * len(self.checkpoints)
         found = self.n_best_ids(translation, candidate)
-        src = [self.checkpoint.src_vocab.encode(translation.src_tokens)]
+        src = self.source_ids([translation.src_tokens])
         members = self.model.members if self.is_ensemble else [self.model]
         out = []
         for member in members:
