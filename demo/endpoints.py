@@ -111,7 +111,8 @@ def translate(text: str, direction: str | None = None, attention: str = "general
 
 def compare(text: str, direction: str | None = None, beam_size: float = 5, replace_unk: bool = True,
             lexicon: str | None = None) -> tuple[str, dict]:
-    """Translate the first sentence of ``text`` with every bundled model of ``direction``.
+    """Translate the first sentence of ``text`` with every bundled word model of ``direction`` (one per
+    attention kind; the character-CNN variants are chosen in the translate tab).
 
     Returns an HTML status and {"ok", "error", "notes", "sentence", "direction", "models": [{"name",
     "attention", "bleu", "error", ...the fields of one /translate sentence}]}.
@@ -119,7 +120,7 @@ def compare(text: str, direction: str | None = None, beam_size: float = 5, repla
     try:
         sentences, notes = split_input(text)
         direction = direction or DEFAULT_DIRECTION
-        models = [m for m in MODELS if m.direction == direction]
+        models = [m for m in MODELS if m.direction == direction and not m.variant]
         if not models:
             _bundled(direction, None)  # raises the right message
     except (NMTError, InputProblem) as exc:

@@ -19,16 +19,17 @@ from nmt.serving import catalog
 
 # ----------------------------------------------------------------------------- page controls
 def attention_choices(direction: str | None) -> list[tuple[str, str]]:
-    """Radio choices: every attention kind, labelled with its test BLEU (or as not bundled)."""
+    """Radio choices: every attention kind, labelled with its test BLEU (or as not bundled), then the
+    direction's other bundled models (a character-CNN encoder...)."""
     labels = []
     for kind in ATTENTION_KINDS:
         model = catalog.find(MODELS, direction or "", kind)
         labels.append((model.label if model else f"{kind} · not bundled", kind))
-    return labels
+    return labels + [(m.label, m.choice) for m in catalog.variants(MODELS, direction or "")]
 
 
 def default_attention(direction: str | None, current: str | None = None) -> str:
-    kinds = [m.attention for m in MODELS if m.direction == direction]
+    kinds = [m.choice for m in MODELS if m.direction == direction]
     return next((k for k in (current, "general", *kinds) if k in kinds), "general")
 
 

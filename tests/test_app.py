@@ -8,6 +8,7 @@ memorising models (tests/conftest.py) and a fake Hub (tests/hub_server.py) servi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -50,6 +51,13 @@ def build_catalog(folder: Path, translators: dict[str, Translator]) -> Path:
         save_checkpoint(bundled, folder / f"de-en-{kind}")
     (folder / "de-en-general" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS))
     return folder
+
+
+def char_model() -> Translator:
+    """A memorising model with a character-CNN encoder (tests/test_model_inputs.py)."""
+    from test_model_inputs import model
+
+    return model("chars-enc")[0]
 
 
 def free_port() -> int:
@@ -309,6 +317,9 @@ def hub(tmp_path_factory, unk_translator):
 def server(tmp_path_factory, tiny_translators, hub):
     tmp = tmp_path_factory.mktemp("app")
     checkpoints = build_catalog(tmp / "checkpoints", tiny_translators)
+    chars = char_model()
+    save_checkpoint(dataclasses.replace(chars.checkpoint, extra={"scores": {"bleu": 30.0, "test_set": "tiny"}}),
+                    checkpoints / "de-en-general-chars")
     env = hub.client_env(tmp / "hf_home", base=app_env(checkpoints, tmp, free_port()))
     with AppServer(env, tmp / "server.log") as app:
         yield app
@@ -517,3 +528,13 @@ def test_an_unreachable_hub_gets_a_clear_message_and_the_app_keeps_serving(clien
     status, result = translate(client, "Ein Hund läuft.", hub_id="alice/never-downloaded")
     assert not result["ok"] and "cannot reach the Hugging Face Hub" in result["error"]
     assert translate(client, "Ein Hund läuft.")[1]["sentences"][0]["translation"] == "A dog runs."
+
+
+def test_a_character_model_is_a_choice_of_its_own_and_translates(client):
+    status, result = translate(client, "Ein Hund läuft. Ein Zebra läuft.", attention="general-chars", n_best=1)
+    assert result["ok"], status
+    assert result["model"]["name"] == "de-en-general-chars"
+    first, second = result["sentences"]
+    assert first["translation"] == "A dog runs." and second["unknown_source_words"] == []  # (no word is unknown to it)
+    _, words = translate(client, "Ein Zebra läuft.", attention="general", n_best=1)
+    assert words["sentences"][0]["unknown_source_words"] == ["Zebra"]

@@ -41,6 +41,7 @@ MAX_CACHED_MODELS = 8
 MAX_PARAMETERS_ENV, APP_MAX_PARAMETERS = "NMT_MAX_PARAMETERS", 50_000_000
 HUB_CACHE_ENV, APP_HUB_CACHE_MB = "NMT_HUB_CACHE_MB", 2000
 HUB_CACHE_DIR_ENV = "NMT_HUB_CACHE_DIR"  # the app's own download cache (never the user's Hub cache)
+VARIANTS = {"chars": "char-CNN encoder"}
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech"}
 FALLBACK_EXAMPLES = {
     "de": ["Ein Hund läuft über die Wiese.", "Zwei Männer spielen Fußball im Park.",
@@ -61,6 +62,12 @@ class BundledModel:
     tgt_lang: str
     attention: str
     scores: dict = field(default_factory=dict, compare=False)
+    variant: str = ""  # "" for a word model; "chars": a character-CNN encoder (nmt.model.embeddings)
+
+    @property
+    def choice(self) -> str:
+        """What the app's model radio and its API call this model: the attention kind, or e.g. ``general-chars``."""
+        return f"{self.attention}-{self.variant}" if self.variant else self.attention
 
     @property
     def direction(self) -> str:
@@ -73,7 +80,8 @@ class BundledModel:
     @property
     def label(self) -> str:
         """E.g. ``general · BLEU 35.12``: the attention type with its test BLEU."""
-        return f"{self.attention} · " + (f"BLEU {self.bleu:.2f}" if self.bleu is not None else "BLEU not measured")
+        kind = f"{self.attention}, {VARIANTS[self.variant]}" if self.variant else self.attention
+        return f"{kind} · " + (f"BLEU {self.bleu:.2f}" if self.bleu is not None else "BLEU not measured")
 
 
 def checkpoints_dir() -> Path:
@@ -92,7 +100,7 @@ def discover(folder: str | Path | None = None) -> list[BundledModel]:
         return []
     models = [m for m in (_describe(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith("."))
               if m is not None]
-    return sorted(models, key=lambda m: (m.direction, ATTENTION_KINDS.index(m.attention), m.name))
+    return sorted(models, key=lambda m: (m.direction, ATTENTION_KINDS.index(m.attention), m.variant, m.name))
 
 
 def _describe(folder: Path) -> BundledModel | None:
@@ -107,7 +115,8 @@ def _describe(folder: Path) -> BundledModel | None:
         logger.warning("skipping %s: unknown attention kind %r", folder, attention)
         return None
     scores = config.get("scores") if isinstance(config.get("scores"), dict) else {}
-    return BundledModel(folder.name, folder, src, tgt, attention, scores)
+    variant = "chars" if config["model"].get("use_chars_enc") is True else ""
+    return BundledModel(folder.name, folder, src, tgt, attention, scores, variant)
 
 
 def directions(models: list[BundledModel]) -> list[str]:
@@ -121,8 +130,14 @@ def direction_label(direction: str) -> str:
     return f"{LANGUAGES.get(src, src)} → {LANGUAGES.get(tgt, tgt)}"
 
 
-def find(models: list[BundledModel], direction: str, attention: str) -> BundledModel | None:
-    return next((m for m in models if m.direction == direction and m.attention == attention), None)
+def find(models: list[BundledModel], direction: str, choice: str) -> BundledModel | None:
+    """The model of this direction whose ``choice`` (attention kind, or kind and variant) this is."""
+    return next((m for m in models if m.direction == direction and m.choice == choice), None)
+
+
+def variants(models: list[BundledModel], direction: str) -> list[BundledModel]:
+    """The models of a direction that are not the plain word model of their attention kind."""
+    return [m for m in models if m.direction == direction and m.variant]
 
 
 # ----------------------------------------------------------------------------- Hub ids
