@@ -17,14 +17,34 @@ ATTENTION_NAMES = {
 def describe(ckpt: Checkpoint) -> str:
     """One paragraph on the architecture."""
     c = ckpt.model.cfg
-    enc = f"{'bidirectional ' if c.brnn else ''}LSTM encoder ({c.layers} layer{'s' * (c.layers > 1)}, {c.hidden} hidden"
+    cell = c.rnn_type.upper()
+    enc = f"{'bidirectional ' if c.brnn else ''}{cell} encoder ({c.layers} layer{'s' * (c.layers > 1)}, {c.encoder_size} hidden"
+    enc += ", directions summed" if c.brnn and c.brnn_merge == "sum" else ""
+    enc += ", residual" if c.res_net else ""
     enc += ", source reversed)" if c.reverse_src else ")"
-    feed = " with input feeding" if c.input_feed and c.attention != "none" else ""
+    if c.decoder == "bahdanau":
+        order = " in Bahdanau order (attention from the previous state)"
+    else:
+        order = " with input feeding" if c.input_feed and c.attention != "none" else ""
+    order += f", attention on layer {c.multi_attn} too" if c.multi_attn else ""
     tied = ", decoder input and output embeddings tied" if c.tie_embeddings else ""
-    return (f"{enc}, LSTM decoder{feed} ({c.hidden} hidden), {ATTENTION_NAMES[c.attention]}, "
-            f"{c.emb_size}-d word embeddings{tied}, dropout {c.dropout}; "
+    return (f"{enc}, {cell} decoder{order} ({c.hidden} hidden), {ATTENTION_NAMES[c.attention]}, "
+            f"{_inputs(ckpt)}{tied}, dropout {c.dropout}; "
             f"{ckpt.model.num_parameters() / 1e6:.2f} M parameters; vocabularies of "
             f"{len(ckpt.src_vocab):,} {ckpt.src_lang} and {len(ckpt.tgt_vocab):,} {ckpt.tgt_lang} words.")
+
+
+def _inputs(ckpt: Checkpoint) -> str:
+    """The input layers: word embeddings, or characters (char-CNN + highway), and word features."""
+    c = ckpt.model.cfg
+    chars = (f"a character CNN ({c.num_kernels} filters of width {c.kernel_width}, {c.num_highway_layers} highway "
+             f"layers) over each word")
+    src = chars if c.use_chars_enc else f"{c.emb_size}-d word embeddings"
+    if c.src_features:
+        src += f" with {len(c.feature_vocabs)} word feature{'s' * (len(c.feature_vocabs) > 1)} ({c.src_features})"
+    if c.use_chars_enc == c.use_chars_dec:
+        return src + (" on both sides" if c.use_chars_enc else "")
+    return f"source: {src}; target: " + (chars if c.use_chars_dec else f"{c.emb_size}-d word embeddings")
 
 
 def model_card(ckpt: Checkpoint, scores: dict, command: str, hardware: str, metrics: list[dict]) -> ModelCard:
