@@ -24,8 +24,14 @@ from safetensors.torch import load_file, save_file
 
 from nmt.config import FORMAT_VERSION, DecodeConfig, ModelConfig, from_dict, to_dict
 from nmt.errors import CheckpointError
+from nmt.hub import (  # the file names, shared with the Hub client (which needs no torch)
+    INDEX_FILES,
+    LEXICON_FILE,
+    MASKS_FILE,
+    PICKLE_SUFFIXES,
+    REQUIRED_FILES,
+)
 from nmt.inputs import SourceInputs, spellings
-from nmt.hub import INDEX_FILES, LEXICON_FILE, PICKLE_SUFFIXES, REQUIRED_FILES  # the file names, shared with the Hub client (which needs no torch)
 from nmt.model.seq2seq import Seq2Seq
 from nmt.safe_io import KIB, MAX_LEXICON_BYTES, MIB, checkpoint_file, decode_lines, read_capped
 from nmt.vocabulary import Vocabulary
@@ -267,7 +273,8 @@ def download_limits(max_parameters: int) -> dict[str, int]:
     return {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: max_weights_bytes(max_parameters), SRC_VOCAB: MAX_VOCAB_BYTES,
             TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, LEXICON_FILE: MAX_LEXICON_BYTES,
             **dict(zip(INDEX_FILES, (MAX_INDEX_CONFIG_BYTES, MAX_INDEX_ARRAYS_BYTES, MAX_INDEX_TEXT_BYTES,
-                                     MAX_INDEX_TEXT_BYTES)))}
+                                     MAX_INDEX_TEXT_BYTES))),
+            MASKS_FILE: 8 + MAX_HEADER_BYTES + max_parameters}  # (a byte a weight: nmt.training.prune)
 
 
 def max_weights_bytes(n_parameters: int) -> int:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m nmt {train,translate,evaluate,score,extract,index,push}``.
+"""Command line: ``python -m nmt {train,translate,evaluate,score,extract,index,push,prune,average}``.
 
 Flags map one to one onto the config dataclasses (``emb_size`` -> ``--emb-size``;
 booleans get ``--flag/--no-flag``).
@@ -96,7 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="user/name on the Hub")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--revision", default=None, help="branch to push to")
+    add_checkpoint_tools(sub)
     return parser
+
+
+def add_checkpoint_tools(sub) -> None:
+    """The commands that make a checkpoint from others: ``prune`` and ``average``."""
+    prune = sub.add_parser("prune", help="magnitude-prune a checkpoint (See et al. 2016)")
+    prune.add_argument("--model", required=True, help="checkpoint folder")
+    prune.add_argument("--ratio", required=True, type=float, help="the fraction of the weights set to 0, in [0, 1)")
+    prune.add_argument("--method", default="blind",
+                       help="blind (the smallest weights of the whole model) or uniform (the same ratio in every "
+                            "weight class) (default: %(default)s)")
+    prune.add_argument("--out", default="", help="output checkpoint folder (default: MODEL-pruned-RATIO-METHOD)")
+
+    average = sub.add_parser("average", help="average the weights of checkpoints of one model")
+    average.add_argument("--model", required=True, nargs="+", help="checkpoint folders (the same model and vocabularies)")
+    average.add_argument("--out", required=True, help="output checkpoint folder")
 
 
 def read_source(path: str) -> list[str]:
@@ -281,8 +297,27 @@ def cmd_index(args) -> None:
           f"({config['build_seconds']:.0f} s)")
 
 
+def cmd_prune(args) -> None:
+    from nmt.training.prune import prune_checkpoint
+
+    out, record = prune_checkpoint(args.model, args.ratio, args.method, args.out or None)
+    sparse, dense = record["sparse_bytes"] / 1e6, record["dense_fp16_bytes"] / 1e6
+    print(f"pruned {record['ratio']:.1%} of the weights (class-{record['method']}) into {out}; stored sparsely "
+          f"(bitmask + fp16 values) {sparse:.2f} MB, dense fp16 {dense:.2f} MB")
+    for cls, fraction in record["classes"].items():
+        print(f"  {cls}: {fraction:.1%} pruned")
+
+
+def cmd_average(args) -> None:
+    from nmt.training.average import average_checkpoints, check_output_folder, save_derived
+
+    out = check_output_folder(args.out, *args.model)
+    save_derived(average_checkpoints(args.model), out)
+    print(f"averaged {len(args.model)} checkpoints into {out}")
+
+
 COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "score": cmd_score,
-            "extract": cmd_extract, "push": cmd_push, "index": cmd_index}
+            "extract": cmd_extract, "push": cmd_push, "index": cmd_index, "prune": cmd_prune, "average": cmd_average}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ LEXICON_FILE = "lexicon.txt"  # a checkpoint's own lexicon for UNK replacement (
 # Optional: the nearest-training-examples index (python -m nmt index; nmt.serving.neighbors).
 INDEX_CONFIG, INDEX_ARRAYS, INDEX_SOURCES, INDEX_TARGETS = INDEX_FILES = (
     "index.json", "index.safetensors", "index.src.txt.gz", "index.tgt.txt.gz")
-CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md", LEXICON_FILE, *INDEX_FILES)  # what push uploads
+MASKS_FILE = "masks.safetensors"  # a pruned model's masks (nmt.training.prune)
+CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md", LEXICON_FILE, *INDEX_FILES, MASKS_FILE)  # what push uploads
 DOWNLOAD_FILES = tuple(f for f in CHECKPOINT_FILES if f != "README.md")  # what loading reads
 # A branch, tag or commit id: git's ref characters, without '..', '//', or a leading or trailing '/'.
 _REVISION = re.compile(r"[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*")
