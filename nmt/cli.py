@@ -134,7 +134,8 @@ def cmd_train(args) -> None:
 
     best = Trainer(config_from_args(DataConfig, args), config_from_args(VocabConfig, args),
                    config_from_args(ModelConfig, args), config_from_args(TrainConfig, args)).run()
-    print(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":  # (under torchrun: process 0 speaks for all)
+        print(f"best checkpoint: {best}")
 
 
 @contextlib.contextmanager

@@ -192,6 +192,13 @@ class TrainConfig:
     valid_bleu_sents: int = _help("validation sentences greedily decoded for the epoch BLEU (0: all)", default=0)
     select_by: str = _help("keep the best checkpoint by this validation score", default="bleu", meta={"choices": ("bleu", "ppl")})
     train_from: str = _help("resume from this save dir's last checkpoint", default="")
+    pre_word_vecs_enc: str = _help("pretrained source word vectors: a word2vec/GloVe text file (.gz too) or a "
+                                   ".safetensors/.npy matrix in vocabulary order", default="")
+    pre_word_vecs_dec: str = _help("pretrained target word vectors (as --pre-word-vecs-enc)", default="")
+    fix_word_vecs_enc: bool = _help("keep the source word embeddings fixed (not trained)", default=False)
+    fix_word_vecs_dec: bool = _help("keep the target word embeddings fixed (not trained)", default=False)
+    dist_timeout: float = _help("under torchrun: seconds a process waits for the others (a collective, process 0's "
+                                "validation and checkpoint) before it stops with an error", default=600.0)
 
 
 @dataclass

@@ -130,14 +130,44 @@ class ParallelDataset:
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if shuffle and not in_order:
             rng.shuffle(chunks)
-        for chunk in chunks:
-            yield self.make_batch(chunk)
+        return chunks
 
 
-def tokenize_pair_files(src_path, tgt_path, src_lang: str, tgt_lang: str, max_len: int = 0):
-    """Tokenized pairs; empty pairs and (with ``max_len``) over-long pairs are dropped and counted."""
+def shard(index: list[int], rank: int, world_size: int) -> list[int]:
+    """Process ``rank``'s contiguous slice of one global batch split over ``world_size`` processes:
+    sizes differ by at most one, the first slices are the larger; a batch of fewer examples than
+    processes leaves the last slices empty. The slices, in rank order, are the batch."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not between 0 and {world_size - 1}")
+    size, extra = divmod(len(index), world_size)
+    start = rank * size + min(rank, extra)
+    return index[start : start + size + (rank < extra)]
+
+
+def check_features(sentences: list[list[str]], path: str) -> int:
+    """The number of inline features every word of ``sentences`` carries (``nmt.inputs.split_features``)."""
+    from nmt.inputs import split_features
+
+    count = None
+    for i, tokens in enumerate(sentences):
+        _, feats = split_features(tokens, f"{path} line {i + 1}")
+        if feats and count is not None and len(feats[0]) != count:
+            raise DataError(f"{path} line {i + 1}: the word {tokens[0][:60]!r} has {len(feats[0])} features, "
+                            f"the words of the lines before {count}")
+        count = len(feats[0]) if feats and count is None else count
+    return count or 0
+
+
+def tokenize_pair_files(src_path, tgt_path, src_lang: str, tgt_lang: str, max_len: int = 0,
+                        src_features: str = ""):
+    """Tokenized pairs; empty pairs and (with ``max_len``) over-long pairs are dropped and counted.
+    With inline source features (``nmt.inputs``) the source is split at spaces, and every word of
+    the file must carry as many features as the first (an error naming the line and word)."""
     src_lines, tgt_lines = read_parallel(src_path, tgt_path)
-    src_tok, tgt_tok = tokenize_all(src_lines, src_lang), tokenize_all(tgt_lines, tgt_lang)
+    inline = src_features == "inline"
+    src_tok, tgt_tok = tokenize_all(src_lines, src_lang, inline), tokenize_all(tgt_lines, tgt_lang)
+    if inline:
+        check_features(src_tok, str(src_path))
     keep = [i for i in range(len(src_tok)) if src_tok[i] and tgt_tok[i]]
     empty = len(src_tok) - len(keep)
     if max_len:

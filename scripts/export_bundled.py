@@ -11,6 +11,7 @@ CPU when it keeps that BLEU within 0.3).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.checkpoint import Checkpoint, load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
+from nmt.checkpoint import load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
 from nmt.data import read_parallel  # noqa: E402
 from nmt.engines.int8 import measure_int8  # noqa: E402
 from nmt.evaluation import corpus_scores  # noqa: E402
@@ -75,7 +76,7 @@ def main() -> None:
                         "valid_bleu_by_length_penalty": {str(k): round(v, 2) for k, v in tuned.items()}}}
     extra["int8"] = measure_int8(translator, val_src, val_ref, **decode)
     print("validation BLEU fp32 / int8:", extra["int8"])
-    bundled = Checkpoint(ckpt.model, ckpt.src_vocab, ckpt.tgt_vocab, src_l, tgt_l, extra)
+    bundled = dataclasses.replace(ckpt, extra=extra)  # (its vocabularies: words, and characters or features)
     save_checkpoint(bundled, out, dtype=torch.float16, metrics=run / "metrics.jsonl")
     metrics = read_metrics(out)
     card = model_card(bundled, extra["scores"], f"scripts/train_bundled.sh {args.name}", hardware(), metrics)

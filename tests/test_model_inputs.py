@@ -248,3 +248,32 @@ def test_a_checkpoint_whose_inputs_do_not_match_is_refused(tmp_path):
         with pytest.raises(CheckpointError, match="inputs"):
             load_checkpoint(folder)
     assert dataclasses.is_dataclass(translator.checkpoint)
+
+
+# ----------------------------------------------------------------------------- through python -m nmt train
+def test_training_a_character_and_feature_model_end_to_end(tmp_path):
+    """``python -m nmt train`` with a char-CNN encoder, the case feature and fixed pretrained target
+    vectors; resumed exactly; the best checkpoint translates, records int8's validation BLEU and loads."""
+    from test_training import tiny_corpus
+
+    from nmt import cli
+
+    files = tiny_corpus(tmp_path, n_train=60, n_valid=10)
+    tgt_vocab_words = sorted({w for line in SOURCES for w in get_tokenizer("en").tokenize(line)} | {"A", "dog"})
+    (tmp_path / "vec.txt").write_text("".join(f"{w} " + " ".join(["0.25"] * 16) + "\n" for w in tgt_vocab_words))
+    args = ["train", "--train-src", str(files["train", "de"]), "--train-tgt", str(files["train", "en"]),
+            "--valid-src", str(files["val", "de"]), "--valid-tgt", str(files["val", "en"]), "--emb-size", "16",
+            "--hidden", "32", "--batch-size", "16", "--use-chars-enc", "--num-kernels", "24", "--kernel-width", "3",
+            "--src-features", "case", "--pre-word-vecs-dec", str(tmp_path / "vec.txt"), "--fix-word-vecs-dec",
+            "--save-dir", str(tmp_path / "run")]
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    assert cli.main(["train", "--train-from", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    best = load_checkpoint(tmp_path / "run" / "best")
+    config = json.loads((tmp_path / "run/best/config.json").read_text())
+    assert set(config["int8"]) >= {"valid_bleu_fp32", "valid_bleu_int8"}
+    assert best.model.cfg.use_chars_enc and best.model.cfg.src_features == "case" and best.chars is not None
+    table = best.model.decoder.embeddings.weight
+    found = [best.tgt_vocab.stoi[w] for w in ("A", "dog") if w in best.tgt_vocab.stoi]
+    assert found and all(torch.equal(table[i], torch.full((16,), 0.25)) for i in found)  # (fixed through 2 epochs)
+    [t] = Translator(best, "cpu").translate(["Ein Hund läuft."])
+    assert t.src_tokens == ["Ein", "Hund", "läuft", "."]

@@ -2,17 +2,22 @@
 
 A save dir holds ``last/`` (resumable: weights, optimizer, RNG, epoch), ``best/`` (the best
 epoch by validation score, a plain model folder) and ``metrics.jsonl`` (one line per epoch).
+
+Under torchrun (``nmt.training.distributed``) every process trains on its slice of each global
+batch through DistributedDataParallel; process 0 alone validates, decides and writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from nmt.checkpoint import (
+    CONFIG,
     Checkpoint,
     atomic_dir,
     checkpoint_epoch,
@@ -30,20 +36,26 @@ from nmt.checkpoint import (
     write_model_files,
 )
 from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
-from nmt.data import Batch, ParallelDataset, read_parallel, tokenize_all, tokenize_pair_files
+from nmt.data import Batch, ParallelDataset, read_parallel, shard, tokenize_all, tokenize_pair_files
 from nmt.device import pick_device
+from nmt.engines.int8 import INT8_MAX_BLEU_LOSS, int8_keeps_quality
 from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, DataError, NMTError
 from nmt.evaluation import corpus_scores, perplexity
+from nmt.inputs import SourceInputs, char_vocabulary
 from nmt.model.seq2seq import Seq2Seq
+from nmt.safe_io import atomic_output
 from nmt.tokenization import get_tokenizer
+from nmt.training.distributed import DistributedError, Processes
 from nmt.training.loss import output_positions, sequence_loss
 from nmt.training.optim import make_optimizer, optimizer_from_safetensors, optimizer_to_safetensors, step_with_clipping
+from nmt.training.pretrained import apply_vectors
 from nmt.vocabulary import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE, RNG_FILE, STATE_FILE = "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
+INT8_RECORD_SENTENCES = 2000  # validation sentences of the int8 record (Multi30k's val: all 1,014)
 DIVERGENCE_CHECK_EVERY = 50  # batches between looks at the running loss
 DIVERGED_PPL_FACTOR = 10  # validation perplexity above this times the target vocabulary's size: diverged
 
@@ -62,6 +74,15 @@ def check_cpu_bf16() -> None:
         raise ValueError(f"--amp: this CPU cannot run bf16 LSTMs ({str(exc).splitlines()[0][:80]}); train without --amp") from None
 
 
+class _Vocabularies:
+    """A new run's vocabularies, in the shape of a checkpoint's (``src_vocab``, ``inputs``...)."""
+
+    def __init__(self, src_vocab, tgt_vocab, chars, features, cfg):
+        self.src_vocab, self.tgt_vocab, self.chars, self.features = src_vocab, tgt_vocab, chars, features
+        self.inputs = SourceInputs(src_vocab, cfg.src_features, chars if cfg.use_chars_enc else None, features,
+                                   cfg.max_word_length)
+
+
 @dataclass
 class TrainerState:
     epoch: int = 0  # epochs completed
@@ -70,13 +91,22 @@ class TrainerState:
     best_epoch: int = 0
     prev_valid_ppl: float | None = None
     history: list | None = None
+    world_size: int = 1  # processes that trained the last epoch (torchrun); older checkpoints: 1
 
 
 class Trainer:
     def __init__(self, data: DataConfig, vocab: VocabConfig, model: ModelConfig, train: TrainConfig):
         self.data_cfg, self.vocab_cfg, self.model_cfg, self.cfg = data, vocab, model, train
         self.save_dir = Path(train.save_dir)
+        self.dist = Processes.from_environment()  # None: a single process (no torchrun)
         self.device = pick_device(train.device)
+        if self.dist is not None:
+            self.device = self.dist.device_for(self.device, train.device)
+            if data.batch_size < self.dist.world_size:
+                raise ValueError(f"--batch-size {data.batch_size} is the global batch (sentences per step over all "
+                                 f"processes): it must be at least the number of processes ({self.dist.world_size})")
+            if not train.dist_timeout > 0:
+                raise ValueError(f"--dist-timeout must be a positive number of seconds (got {train.dist_timeout})")
         self.amp = train.amp if train.amp is not None else self.device.type == "cuda"
         if self.amp and self.device.type == "cpu":
             check_cpu_bf16()
@@ -85,46 +115,74 @@ class Trainer:
         self._valid_engines: Engines | None = None
         self._epoch = 0  # the epoch whose weights the model holds (recorded in each checkpoint)
         self.teacher_forcing = TeacherForcing()
+        self._ddp: torch.nn.Module | None = None  # under torchrun: the training forward, wrapped by DDP
         if train.threads:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
             raise ValueError("--label-smoothing must be in [0, 1) and --scheduled-sampling in [0, 1]")
 
     # ---- setup -------------------------------------------------------------------------
-    def _load_data(self, src_vocab: Vocabulary | None, tgt_vocab: Vocabulary | None):
-        d = self.data_cfg
+    def _load_data(self, saved: Checkpoint | _Vocabularies | None):
+        """Tokenize the data and index it with ``saved``'s vocabularies (a resumed run), else with new
+        ones built from the training data (words, and characters and feature values: ``nmt.inputs``)."""
+        d, m = self.data_cfg, self.model_cfg
         for name in ("train_src", "train_tgt", "valid_src", "valid_tgt"):
             if not getattr(d, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required")
         log.info("reading and tokenizing %s / %s", d.train_src, d.train_tgt)
-        src_tok, tgt_tok = tokenize_pair_files(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len)
-        if src_vocab is None:
-            src_vocab = Vocabulary.build(src_tok, self.vocab_cfg.src_vocab_size, self.vocab_cfg.min_freq)
-            tgt_vocab = Vocabulary.build(tgt_tok, self.vocab_cfg.tgt_vocab_size, self.vocab_cfg.min_freq)
-        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
-        self.train_data = ParallelDataset([src_vocab.encode(s) for s in src_tok], [tgt_vocab.encode(t) for t in tgt_tok])
+        src_tok, tgt_tok = tokenize_pair_files(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len,
+                                               m.src_features)
+        if saved is None:
+            saved = self._vocabularies(src_tok, tgt_tok)
+        self.src_vocab, self.tgt_vocab, self.chars, self.features = saved.src_vocab, saved.tgt_vocab, saved.chars, \
+            saved.features
+        inputs = saved.inputs
+        self.train_data = ParallelDataset([inputs.encode(s, f"{d.train_src} sentence {i + 1}") for i, s in enumerate(src_tok)],
+                                          [self.tgt_vocab.encode(t) for t in tgt_tok])
         self.valid_raw_src, self.valid_raw_tgt = read_parallel(d.valid_src, d.valid_tgt)
-        self.valid_src_tok = tokenize_all(self.valid_raw_src, d.src_lang)
+        self.valid_src_tok = tokenize_all(self.valid_raw_src, d.src_lang, m.src_features == "inline")
         valid_tgt_tok = tokenize_all(self.valid_raw_tgt, d.tgt_lang)
         keep = [i for i, (s, t) in enumerate(zip(self.valid_src_tok, valid_tgt_tok)) if s and t]
         if not keep:
             raise DataError(f"{d.valid_src} / {d.valid_tgt}: no validation pair has words on both sides "
                             "(the files hold only blank lines)")
-        self.valid_data = ParallelDataset([src_vocab.encode(self.valid_src_tok[i]) for i in keep],
-                                          [tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
-        log.info("%d training pairs, %d validation pairs; vocabularies: %d source, %d target words",
-                 len(self.train_data), len(self.valid_data), len(src_vocab), len(tgt_vocab))
+        self.valid_ids = [inputs.encode(t, f"{d.valid_src} line {i + 1}") for i, t in enumerate(self.valid_src_tok)]
+        self.valid_data = ParallelDataset([self.valid_ids[i] for i in keep], [self.tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
+        log.info("%d training pairs, %d validation pairs; vocabularies: %s source, %d target words",
+                 len(self.train_data), len(self.valid_data), inputs.describe(), len(self.tgt_vocab))
+
+    def _vocabularies(self, src_tok: list[list[str]], tgt_tok: list[list[str]]) -> _Vocabularies:
+        """New vocabularies of the training data, as a checkpoint without weights would hold them;
+        their sizes go into the model's config."""
+        m, v = self.model_cfg, self.vocab_cfg
+        words = [w for w, _, _ in SourceInputs.parse_all(src_tok, m.src_features)]
+        chars = char_vocabulary(words + (tgt_tok if m.use_chars_dec else [])) if m.use_chars_enc or m.use_chars_dec else None
+        inputs = SourceInputs.build(src_tok, m.src_features, chars, m.max_word_length, v.src_vocab_size, v.min_freq)
+        tgt_vocab = Vocabulary.build(tgt_tok, v.tgt_vocab_size, v.min_freq)
+        m.src_vocab, m.tgt_vocab = len(inputs.words), len(tgt_vocab)
+        m.char_vocab, m.feature_vocabs = len(chars) if chars else 0, tuple(len(f) for f in inputs.features)
+        return _Vocabularies(inputs.words, tgt_vocab, chars, inputs.features, m)
 
     def _setup(self) -> TrainerState:
         if self.cfg.train_from:
             return self._resume(Path(self.cfg.train_from))
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        self._load_data(None, None)
-        self.model_cfg.src_vocab, self.model_cfg.tgt_vocab = len(self.src_vocab), len(self.tgt_vocab)
-        self.model = Seq2Seq(self.model_cfg).to(self.device)
+        self._load_data(None)
+        self.model = Seq2Seq(self.model_cfg)
+        self._checkpoint()  # (a model reading characters on the decoder side learns its words' spellings)
+        self._pretrained_vectors()
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), self.cfg.learning_rate)
-        return TrainerState(lr=self.cfg.learning_rate, history=[])
+        if self.dist is not None and not self.dist.is_main:
+            self._seed_rank(0)  # the same initial weights everywhere, but each process its own dropout draws
+        return TrainerState(lr=self.cfg.learning_rate, history=[], world_size=self.dist.world_size if self.dist else 1)
+
+    def _seed_rank(self, epoch: int) -> None:
+        """A process other than 0: its own RNG streams (process 0 draws as a single process does)."""
+        seed = self.cfg.seed + 1_000_003 * self.dist.rank + 7_919 * epoch
+        random.seed(seed)
+        torch.manual_seed(seed)
 
     def _resume(self, run_dir: Path) -> TrainerState:
         last = resolve_dir(run_dir / "last")
@@ -135,24 +193,43 @@ class Trainer:
         # The run continues with its own settings; the command only sets epochs, device and threads.
         saved_train = from_dict(TrainConfig, ckpt.extra["train"])
         saved_train.epochs, saved_train.device, saved_train.threads = self.cfg.epochs, self.cfg.device, self.cfg.threads
+        saved_train.dist_timeout = self.cfg.dist_timeout
         saved_train.save_dir, saved_train.train_from = str(run_dir), ""
         self.cfg, self.save_dir = saved_train, run_dir
         self.data_cfg = from_dict(DataConfig, ckpt.extra["data"])
         self.vocab_cfg = from_dict(VocabConfig, ckpt.extra["vocab"])
-        self._load_data(ckpt.src_vocab, ckpt.tgt_vocab)
+        self._load_data(ckpt)
+        self._freeze_fixed_vectors()
         saved = json.loads((last / STATE_FILE).read_text())
         state = TrainerState(**saved["trainer"])
         self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), state.lr)
         self.optimizer.load_state_dict(optimizer_from_safetensors(load_file(str(last / OPTIMIZER_FILE)), saved["optimizer"]))
         rng = load_file(str(last / RNG_FILE))
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        py = saved["python_rng"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
+        world_size = self.dist.world_size if self.dist else 1
+        rank = self.dist.rank if self.dist else 0
+        if state.world_size != world_size:
+            log.warning("%s was trained by %d process%s and resumes with %d: the batches are the same, but not "
+                        "their split over the processes, dropout draws and float sums, so the run is not "
+                        "bit-exact with an uninterrupted one", run_dir, state.world_size,
+                        "es" if state.world_size > 1 else "", world_size)
+        if rank == 0 or state.world_size != world_size:
+            self._set_rng(rng.get("torch"), rng.get("cuda"), saved["python_rng"])
+            if rank:
+                self._seed_rank(state.epoch)
+        else:  # (the same processes: each continues its own streams)
+            self._set_rng(rng.get(f"torch.{rank}"), rng.get(f"cuda.{rank}"), saved["python_rng_by_rank"][rank])
+        state.world_size = world_size
         log.info("resuming %s after epoch %d (lr %g)", run_dir, state.epoch, state.lr)
         self._epoch = state.epoch
         return state
+
+    @staticmethod
+    def _set_rng(torch_state, cuda_state, python_state) -> None:
+        torch.set_rng_state(torch_state)
+        if cuda_state is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda_state)
+        py = python_state
+        random.setstate((py[0], tuple(py[1]), py[2]))
 
     def _repair_best(self, state: TrainerState) -> None:
         """Make ``best/`` hold the best epoch. A run killed while writing ``best/`` (which follows
@@ -178,46 +255,89 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_epoch(self, epoch: int) -> dict:
+        """One epoch; under torchrun this process's slices of the global batches, and the figures
+        returned are those of all processes together."""
         self.model.train()
         in_order = self.data_cfg.curriculum and epoch == 1
-        batches = list(self.train_data.batches(self.data_cfg.batch_size, shuffle=True, seed=self.cfg.seed + epoch, in_order=in_order))
+        seed = self.cfg.seed + epoch
+        if self.dist is None:
+            batches = list(self.train_data.batches(self.data_cfg.batch_size, shuffle=True, seed=seed, in_order=in_order))
+        else:
+            batches = self._slices(self.train_data.batch_indices(self.data_cfg.batch_size, True, seed, in_order))
         # Sums stay on the device: reading them (a host-device sync) only when the progress bar shows them.
         total_loss = total_nll = torch.zeros((), device=self.device)
         n_src = n_tgt = 0
         start = time.perf_counter()
+        hidden = os.environ.get("NMT_PROGRESS", "1") != "1" or (self.dist is not None and not self.dist.is_main)
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, mininterval=1.0,
-                   disable=None if os.environ.get("NMT_PROGRESS", "1") == "1" else True)
+                   disable=True if hidden else None)
         shown = start
-        for number, batch in enumerate(bar, start=1):
-            n_src += int(batch.src_lengths.sum())  # counted on the CPU copy of the batch
-            n_tgt += batch.n_tgt_tokens
-            loss, nll = self.train_step(batch.to(self.device))
+        world = self.dist.world_size if self.dist else 1
+        for number, item in enumerate(bar, start=1):
+            if self.dist is None:
+                batch, loss_scale = item, None
+            else:
+                batch, loss_scale = item
+            if loss_scale != 0:  # (an empty slice, a stand-in sentence weighted 0, counts nothing)
+                n_src += int(batch.src_lengths.sum())  # counted on the CPU copy of the batch
+                n_tgt += batch.n_tgt_tokens
+            loss, nll = self.train_step(batch.to(self.device), loss_scale)
             total_loss, total_nll = total_loss + loss, total_nll + nll
-            if number % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(total_loss):  # (a sync: only now and then)
-                raise self._diverged(epoch, f"the training loss became {float(total_loss)} at batch {number}")
+            if number % DIVERGENCE_CHECK_EVERY == 0:  # (a sync: only now and then; all processes agree)
+                seen = float(total_loss) if self.dist is None else self.dist.all_sum([total_loss])[0]
+                if not math.isfinite(seen):
+                    raise self._diverged(epoch, f"the training loss became {seen} at batch {number}")
             now = time.perf_counter()
-            if not bar.disable and now - shown >= 1.0:
+            if not bar.disable and now - shown >= 1.0 and n_tgt:  # (process 0's slices; tok_s: estimated for all)
                 shown = now
                 bar.set_postfix(loss=f"{float(total_loss) / n_tgt:.3f}", ppl=f"{perplexity(-float(total_nll), n_tgt):.1f}",
-                                tok_s=f"{(n_src + n_tgt) / (now - start):.0f}", refresh=False)
-        total_loss, total_nll = float(total_loss), float(total_nll)
+                                tok_s=f"{(n_src + n_tgt) * world / (now - start):.0f}", refresh=False)
+        if self.dist is None:
+            total_loss, total_nll = float(total_loss), float(total_nll)
+        else:
+            total_loss, total_nll, n_src, n_tgt = self.dist.all_sum([total_loss, total_nll, n_src, n_tgt])
+            n_src, n_tgt = int(n_src), int(n_tgt)
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / n_tgt, "train_ppl": perplexity(-total_nll, n_tgt),
                 "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
 
-    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update; returns the batch's summed loss and NLL as (detached) device scalars."""
+    def _slices(self, chunks: list[list[int]]) -> list[tuple[Batch, float]]:
+        """This process's slice of each global batch, with the factor of its summed loss:
+        world_size / sentences in the global batch (DDP's average over the processes then gives
+        the whole batch's gradient, as one process computes it). A global batch of fewer sentences
+        than processes leaves some slices empty: they run its first sentence, with a factor of 0."""
+        rank, world = self.dist.rank, self.dist.world_size
+        out = []
+        for chunk in chunks:
+            part = shard(chunk, rank, world)
+            out.append((self.train_data.make_batch(part or chunk[:1]), world / len(chunk) if part else 0.0))
+        return out
+
+    def _logits(self, src, src_lengths, tgt_in, positions) -> torch.Tensor:
+        """The training forward: logits at ``positions``."""
+        if TeacherForcing.supports(self.device, self.cfg.scheduled_sampling):  # (the CPU engine: same gradients)
+            logits, _ = self.teacher_forcing.forward(self.model, src, src_lengths, tgt_in, positions)
+        else:
+            logits, _ = self.model(src, src_lengths, tgt_in, self.cfg.scheduled_sampling, only=positions)
+        return logits
+
+    def train_step(self, batch: Batch, loss_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update; returns the batch's summed loss and NLL as (detached) device scalars.
+        ``loss_scale`` (under torchrun): the factor of the summed loss (see ``_slices``); None: one
+        process, the loss divided by the batch's sentences."""
         positions = output_positions(batch.tgt_out != PAD_ID, self.row_multiple)
+        forward = self._logits if self._ddp is None else self._ddp  # (DDP: its forward arms the gradient all-reduce)
         with self._autocast():
-            if TeacherForcing.supports(self.device, self.cfg.scheduled_sampling):  # (the CPU engine: same gradients)
-                logits, _ = self.teacher_forcing.forward(self.model, batch.src, batch.src_lengths, batch.tgt_in, positions)
-            else:
-                logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in, self.cfg.scheduled_sampling,
-                                       only=positions)
+            logits = forward(batch.src, batch.src_lengths, batch.tgt_in, positions)
         # (sequence_loss drops the padding targets of the rounding rows, which come last)
         loss, nll = sequence_loss(logits, batch.tgt_out.flatten()[positions], self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / batch.src.size(0)).backward()
+        if loss_scale is None:
+            (loss / batch.src.size(0)).backward()
+        else:
+            (loss * loss_scale).backward()
+            if loss_scale == 0:
+                loss, nll = loss * 0, nll * 0
         step_with_clipping(self.optimizer, list(self.model.parameters()), self.cfg.max_grad_norm)
         return loss.detach(), nll.detach()
 
@@ -232,8 +352,7 @@ class Trainer:
             total -= float(sequence_loss(logits, batch.tgt_out, 0.0)[1])
             tokens += batch.n_tgt_tokens
         n = self.cfg.valid_bleu_sents or len(self.valid_src_tok)
-        ids = [self.src_vocab.encode(tokens) for tokens in self.valid_src_tok[:n]]
-        hyps = self._validation_search().search_ids(ids, DecodeConfig(beam_size=1, batch_size=64))
+        hyps = self._validation_search().search_ids(self.valid_ids[:n], DecodeConfig(beam_size=1, batch_size=64))
         detok = get_tokenizer(self.data_cfg.tgt_lang).detokenize
         texts = [detok(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
         bleu = corpus_scores(texts, self.valid_raw_tgt[:n]).bleu
@@ -268,20 +387,55 @@ class Trainer:
     def _checkpoint(self) -> Checkpoint:
         extra = {"data": to_dict(self.data_cfg), "vocab": to_dict(self.vocab_cfg), "train": to_dict(self.cfg),
                  "checkpoint": {"epoch": self._epoch}}
-        return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra)
+        return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra,
+                          chars=self.chars, features=self.features)
 
-    def _save_last(self, state: TrainerState) -> None:
-        tensors, meta = optimizer_to_safetensors(self.optimizer)
-        rng = {"torch": torch.get_rng_state()}
+    def _pretrained_vectors(self) -> None:
+        """seq2seq-attn's pre_word_vecs_enc/dec and fix_word_vecs_enc/dec (``nmt.training.pretrained``)."""
+        for side, path, fix, vocab, layer in (
+                ("source", self.cfg.pre_word_vecs_enc, self.cfg.fix_word_vecs_enc, self.src_vocab, self.model.encoder.embeddings),
+                ("target", self.cfg.pre_word_vecs_dec, self.cfg.fix_word_vecs_dec, self.tgt_vocab, self.model.decoder.embeddings)):
+            if not path and not fix:
+                continue
+            table = getattr(layer, "weight", None)
+            if table is None:
+                raise ValueError(f"--pre-word-vecs/--fix-word-vecs need a word embedding table on the {side} side "
+                                 "(not character inputs)")
+            if path:
+                apply_vectors(table, path, vocab, fix, side)
+        self._freeze_fixed_vectors()
+
+    def _freeze_fixed_vectors(self) -> None:
+        """``--fix-word-vecs-enc/dec``: the tables get no gradient (a resumed run too)."""
+        for fix, layer in ((self.cfg.fix_word_vecs_enc, self.model.encoder.embeddings),
+                           (self.cfg.fix_word_vecs_dec, self.model.decoder.embeddings)):
+            if fix:
+                layer.weight.requires_grad_(False)
+
+    @staticmethod
+    def _rng_state() -> dict:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        py = random.getstate()
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def _save_last(self, state: TrainerState, ranks_rng: list[dict] | None = None) -> None:
+        """``last/``; ``ranks_rng``: every process's RNG state (under torchrun), saved by rank."""
+        tensors, meta = optimizer_to_safetensors(self.optimizer)
+        own = self._rng_state()
+        rng = {k: v for k, v in own.items() if k != "python"}
+        py = own["python"]
+        extra = {}
+        if ranks_rng is not None:
+            for r, saved in enumerate(ranks_rng[1:], start=1):
+                rng.update({f"{k}.{r}": v for k, v in saved.items() if k != "python"})
+            extra["python_rng_by_rank"] = [[p[0], list(p[1]), p[2]] for p in [py] + [s["python"] for s in ranks_rng[1:]]]
         with atomic_dir(self.save_dir / "last") as tmp:
             write_model_files(tmp, self._checkpoint())
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
             save_file(rng, str(tmp / RNG_FILE))
             (tmp / STATE_FILE).write_text(json.dumps({"trainer": state.__dict__, "optimizer": meta,
-                                                      "python_rng": [py[0], list(py[1]), py[2]]}))
+                                                      "python_rng": [py[0], list(py[1]), py[2]], **extra}))
 
     @staticmethod
     def _write_metrics(history: list, folder: Path) -> Path:
@@ -308,8 +462,71 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> Path:
+        if self.dist is None:
+            return self._run()
+        if not self.dist.is_main:  # (process 0 speaks for all; the others only print errors)
+            logging.getLogger("nmt").setLevel(logging.ERROR)
+        run_dir = self.cfg.train_from or self.save_dir
+        where = f"{run_dir}/last holds the last complete epoch, if any: continue with --train-from {run_dir}"
+        self.dist.start(self.device, self.cfg.dist_timeout, stopped=where)
+        try:
+            with self.dist.lost_contact_is_an_error(where):
+                return self._run()
+        finally:
+            self.dist.close()
+
+    def _run(self) -> Path:
         state = self._setup()
         log.info("model: %d parameters on %s%s", self.model.num_parameters(), self.device, " (bf16 autocast)" if self.amp else "")
+        if self.dist is not None:
+            self._agree(state)
+            self._ddp = self.dist.wrap(_TrainingForward(self.model, self._logits))
+            log.info("data parallel over %d processes: %s sentences a batch in all (about %d a process); "
+                     "process 0 validates and writes %s", self.dist.world_size, self.data_cfg.batch_size,
+                     -(-self.data_cfg.batch_size // self.dist.world_size), self.save_dir)
+        self._on_main(lambda: self._prepare_save_dir(state))
+        for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
+            lr = state.lr
+            train = self.train_epoch(epoch)
+            ranks_rng = self.dist.all_gather(self._rng_state()) if self.dist is not None else None
+            self._on_main(lambda: self._end_epoch(state, epoch, lr, train, ranks_rng))
+            if self.dist is not None:  # process 0's decisions: learning rate, best epoch, history
+                for key, value in self.dist.broadcast(dataclasses.asdict(state)).items():
+                    setattr(state, key, value)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = state.lr
+                self._epoch = state.epoch
+        best = resolve_dir(self.save_dir / "best")
+
+        def finish() -> None:
+            if best.exists():  # best/ was written at its epoch: give it the whole curve, and the int8 record
+                self._write_metrics(state.history, best)
+                self._record_int8(best)
+
+        self._on_main(finish)  # (under torchrun every process returns once process 0 has written everything)
+        return best
+
+    def _record_int8(self, best: Path) -> None:
+        """Write into ``best/config.json`` the validation BLEU of fp32 and int8 search with the best
+        weights (beam 5, on the CPU), which makes int8 the default engine on a CPU if it keeps that
+        BLEU (``nmt.engines.int8``)."""
+        model = load_checkpoint(best, "cpu", max_parameters=math.inf).model
+        engines, n = Engines(model, torch.device("cpu")), min(len(self.valid_ids), INT8_RECORD_SENTENCES)
+        detok = get_tokenizer(self.data_cfg.tgt_lang).detokenize
+        bleu = {}
+        for name, int8 in (("fp32", False), ("int8", True)):
+            hyps = engines.get(EngineConfig(int8=int8)).search_ids(self.valid_ids[:n], DecodeConfig(beam_size=5))
+            texts = [detok(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
+            bleu[name] = round(corpus_scores(texts, self.valid_raw_tgt[:n]).bleu, 2)
+        record = {"valid_bleu_fp32": bleu["fp32"], "valid_bleu_int8": bleu["int8"], "sentences": n,
+                  "max_bleu_loss": INT8_MAX_BLEU_LOSS}
+        config = json.loads((best / CONFIG).read_text(encoding="utf-8"))
+        with atomic_output(best / CONFIG, "config") as fh:
+            fh.write(json.dumps({**config, "int8": record}, indent=2) + "\n")
+        log.info("validation BLEU with beam 5: fp32 %.2f, int8 %.2f (%s by default on a CPU)", bleu["fp32"], bleu["int8"],
+                 "int8" if int8_keeps_quality(record) else "fp32")
+
+    def _prepare_save_dir(self, state: TrainerState) -> None:
         try:
             self.save_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -317,26 +534,73 @@ class Trainer:
         for leftover in remove_leftovers(self.save_dir):
             log.info("removed %s, left by an interrupted checkpoint write", leftover)
         self._repair_best(state)
-        for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
-            lr = state.lr
-            record = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.validate()}
-            self._check_divergence(epoch, record)
-            self._decay(state, epoch, record["valid_ppl"])
-            score = record["valid_bleu"] if self.cfg.select_by == "bleu" else -record["valid_ppl"]
-            improved = state.best_score is None or score > state.best_score
-            if improved:
-                state.best_score, state.best_epoch = score, epoch
-            state.epoch = self._epoch = epoch
-            state.history.append(record)
-            self._save_last(state)
-            metrics = self._write_metrics(state.history, self.save_dir)
-            if improved:
-                with atomic_dir(self.save_dir / "best") as tmp:
-                    write_model_files(tmp, self._checkpoint(), metrics=metrics)
-            log.info("epoch %d: train ppl %.2f, valid ppl %.2f, valid BLEU %.2f, %.0f tok/s%s", epoch,
-                     record["train_ppl"], record["valid_ppl"], record["valid_bleu"],
-                     record["src_tokens_per_s"] + record["tgt_tokens_per_s"], " (best)" if improved else "")
-        best = resolve_dir(self.save_dir / "best")
-        if best.exists():  # best/ was written at its epoch: give it the whole curve
-            self._write_metrics(state.history, best)
-        return best
+
+    def _end_epoch(self, state: TrainerState, epoch: int, lr: float, train: dict, ranks_rng: list | None) -> None:
+        """Validate, decide (divergence, learning rate, best epoch) and write the checkpoints."""
+        record = {"epoch": epoch, "lr": lr, **train, **self.validate()}
+        self._check_divergence(epoch, record)
+        self._decay(state, epoch, record["valid_ppl"])
+        score = record["valid_bleu"] if self.cfg.select_by == "bleu" else -record["valid_ppl"]
+        improved = state.best_score is None or score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch = score, epoch
+        state.epoch = self._epoch = epoch
+        state.history.append(record)
+        self._save_last(state, ranks_rng)
+        metrics = self._write_metrics(state.history, self.save_dir)
+        if improved:
+            with atomic_dir(self.save_dir / "best") as tmp:
+                write_model_files(tmp, self._checkpoint(), metrics=metrics)
+        log.info("epoch %d: train ppl %.2f, valid ppl %.2f, valid BLEU %.2f, %.0f tok/s%s", epoch,
+                 record["train_ppl"], record["valid_ppl"], record["valid_bleu"],
+                 record["src_tokens_per_s"] + record["tgt_tokens_per_s"], " (best)" if improved else "")
+
+    def _on_main(self, work: Callable[[], None]) -> None:
+        """``work()`` on process 0 alone while the others wait (a single process: just ``work()``).
+        An error there stops every process, with process 0's message."""
+        if self.dist is None:
+            work()
+            return
+        error = None
+        if self.dist.is_main:
+            try:
+                work()
+            except Exception as exc:  # (re-raised below, once the others know)
+                error = exc
+        told = self.dist.broadcast(None if error is None else (type(error).__name__, str(error)))
+        if error is not None:
+            raise error
+        if told is not None:  # (every process stops with process 0's message)
+            kind, message = told
+            if kind == TrainingDiverged.__name__:
+                raise TrainingDiverged(message)
+            raise DistributedError(f"process 0 stopped ({kind}): {message}")
+
+    def _agree(self, state: TrainerState) -> None:
+        """Refuse to train if the processes differ in settings, data or resumed epoch (each would
+        make other batches: a silent mess)."""
+        mine = {"data": to_dict(self.data_cfg), "vocab": to_dict(self.vocab_cfg), "model": to_dict(self.model_cfg),
+                "train": {k: v for k, v in to_dict(self.cfg).items() if k not in ("device", "threads", "dist_timeout")},
+                "pairs": len(self.train_data), "vocabularies": [len(self.src_vocab), len(self.tgt_vocab)],
+                "epoch": state.epoch}
+        everyone = self.dist.all_gather(mine)
+        for rank, theirs in enumerate(everyone):
+            if theirs != everyone[0]:
+                differ = sorted(k for k in mine if theirs[k] != everyone[0][k])
+                raise ValueError(f"process {rank} differs from process 0 in {', '.join(differ)}: start every process "
+                                 "with the same command, data files and save dir (for --train-from, a folder every "
+                                 "machine sees)")
+
+
+class _TrainingForward(torch.nn.Module):
+    """The training forward as one module for DDP, whose forward arms the all-reduce of the
+    gradients; it holds the model (so DDP sees its parameters) and calls the trainer's forward,
+    the CPU teacher-forcing engine included (its gradients reach the parameters as autograd's do)."""
+
+    def __init__(self, model: Seq2Seq, logits: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self._logits = logits
+
+    def forward(self, src, src_lengths, tgt_in, positions):
+        return self._logits(src, src_lengths, tgt_in, positions)
