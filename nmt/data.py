@@ -80,9 +80,9 @@ def pad(seqs: list[list[int]] | list[list[list[int]]], value: int = PAD_ID) -> t
     row = next((s[0] for s in seqs if s), 0)
     columns = (len(row),) if isinstance(row, list) else ()
     out = torch.full((len(seqs), width, *columns), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in seqs])
+    flat = torch.tensor([x for s in seqs for x in s], dtype=torch.long)  # (all tokens[, columns]): one conversion
+    out[torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)] = flat  # (row-major: sentence by sentence)
     return out
 
 

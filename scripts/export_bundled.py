@@ -79,7 +79,8 @@ def main() -> None:
     bundled = dataclasses.replace(ckpt, extra=extra)  # (its vocabularies: words, and characters or features)
     save_checkpoint(bundled, out, dtype=torch.float16, metrics=run / "metrics.jsonl")
     metrics = read_metrics(out)
-    card = model_card(bundled, extra["scores"], f"scripts/train_bundled.sh {args.name}", hardware(), metrics)
+    amp = "AMP=1 " if isinstance(ckpt.extra.get("train"), dict) and ckpt.extra["train"].get("amp") else ""
+    card = model_card(bundled, extra["scores"], f"{amp}scripts/train_bundled.sh {args.name}", hardware(), metrics)
     card.save(out / "README.md")
     reloaded = Translator(load_checkpoint(out), "cpu")
     check, _ = bleu(reloaded, test_src[:200], test_ref[:200], **decode)

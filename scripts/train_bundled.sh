@@ -8,6 +8,8 @@ EPOCHS=${EPOCHS:-15}
 COMMON=(--emb-size 256 --hidden 256 --layers 1 --brnn --input-feed --no-bridge --dropout 0.3
         --tie-embeddings --min-freq 2 --max-len 50 --batch-size 64 --optim adam --learning-rate 0.001
         --label-smoothing 0.1 --max-grad-norm 5 --epochs "$EPOCHS" --seed 3435)
+# AMP=1: bf16 autocast (CPUs with AMX or AVX-512 bf16; fp32 master weights). de-en-general-chars was trained so.
+[ "${AMP:-0}" = 1 ] && COMMON+=(--amp)
 
 # The character-CNN encoder of de-en-general-chars (seq2seq-attn's char_vec_size, kernel_width and
 # highway layers; 512 filters keep it under the word model's parameters).

@@ -84,12 +84,18 @@ class CharCNN(nn.Module):
         return self.spell(distinct).index_select(0, where).view(*words.shape[:-1], self.output_size)
 
     def spell(self, words: torch.Tensor) -> torch.Tensor:
-        """(n, max_word_length) distinct words -> (n, num_kernels)."""
-        x = self.chars(words).transpose(1, 2)  # (n, char_vec_size, max_word_length)
-        if x.size(-1) < self.kernel_width:  # (a word table narrower than the kernel: pad with <blank>)
-            x = nn.functional.pad(x, (0, self.kernel_width - x.size(-1)))
-        pooled = torch.tanh(self.conv(x)).max(dim=-1).values  # (n, num_kernels), eq. 1-3
-        return self.highway(pooled)
+        """(n, max_word_length) distinct words -> (n, num_kernels).
+
+        Eq. 1-3, y_k = max_t tanh(w_k . C[:, t:t+w] + b_k), computed as tanh(max_t(w_k . C[:, t:t+w]) + b_k):
+        the same (tanh rises, b_k does not depend on t), with the tanh and the bias on one vector per word
+        instead of every position, and the convolution as one matrix product over the windows."""
+        x = self.chars(words)  # (n, max_word_length, char_vec_size)
+        if x.size(1) < self.kernel_width:  # (a word table narrower than the kernel: pad with <blank>'s zeros)
+            x = nn.functional.pad(x, (0, 0, 0, self.kernel_width - x.size(1)))
+        windows = x.unfold(1, self.kernel_width, 1)  # (n, positions, char_vec_size, kernel_width)
+        weight = self.conv.weight.reshape(self.conv.out_channels, -1)  # (num_kernels, char_vec_size * kernel_width)
+        scores = nn.functional.linear(windows.reshape(*windows.shape[:2], -1), weight)  # (n, positions, num_kernels)
+        return self.highway(torch.tanh(scores.max(dim=1).values + self.conv.bias))
 
 
 class SourceInput(nn.Module):
