@@ -128,26 +128,6 @@ class SourceInput(nn.Module):
         return self.dropout(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
 
 
-class _Table(nn.Module):
-    """A plain embedding table, no dropout (``SourceInput`` applies it once to the concatenation)."""
-
-    def __init__(self, vocab_size: int, emb_size: int):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, emb_size, padding_idx=PAD_ID)
-        self.output_size = emb_size
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.embedding.weight
-
-    def reset_padding(self) -> None:
-        with torch.no_grad():
-            self.embedding.weight[PAD_ID].zero_()
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embedding(tokens)
-
-
 class TargetCharEmbeddings(nn.Module):
     """The decoder's input word (target ids) through the char-CNN. ``spelling`` (vocab, max_word_length)
     holds each target word's character ids: set from the vocabularies (``set_spelling``), not trained.
@@ -202,7 +182,7 @@ def source_input(cfg) -> nn.Module:
     if cfg.use_chars_enc:
         words, columns = char_cnn(cfg), cfg.max_word_length
     else:
-        words, columns = _Table(cfg.src_vocab, cfg.emb_size), 1
+        words, columns = WordEmbeddings(cfg.src_vocab, cfg.emb_size), 1  # (no dropout: SourceInput's, once)
     sizes = feature_sizes(cfg.feature_vocabs, cfg.feature_vec_size, cfg.feature_embeddings_dim_exponent)
     return SourceInput(words, columns, cfg.feature_vocabs, sizes, cfg.dropout)
 
