@@ -277,3 +277,18 @@ def test_training_a_character_and_feature_model_end_to_end(tmp_path):
     assert found and all(torch.equal(table[i], torch.full((16,), 0.25)) for i in found)  # (fixed through 2 epochs)
     [t] = Translator(best, "cpu").translate(["Ein Hund läuft."])
     assert t.src_tokens == ["Ein", "Hund", "läuft", "."]
+
+
+@pytest.mark.parametrize("name", ["chars-enc", "inline"])
+def test_translate_on_the_command_line(name, tmp_path, capsys):
+    from nmt import cli
+
+    translator, sources = model(name)
+    folder = save_checkpoint(translator.checkpoint, tmp_path / name)
+    (tmp_path / "src").write_text("".join(s + "\n" for s in sources[:4]))
+    assert cli.main(["translate", "--model", str(folder), "--src", str(tmp_path / "src")]) == 0
+    assert capsys.readouterr().out.splitlines() == TARGETS[:4]
+    if name == "inline":  # (a word without its features: the error names the sentence and the word)
+        (tmp_path / "src").write_text(sources[0] + "\nEin Hund\n")
+        assert cli.main(["translate", "--model", str(folder), "--src", str(tmp_path / "src")]) == 2
+        assert "error: sentence 2: words carry 0 features, the model reads 2" in capsys.readouterr().err
