@@ -292,3 +292,13 @@ def test_translate_on_the_command_line(name, tmp_path, capsys):
         (tmp_path / "src").write_text(sources[0] + "\nEin Hund\n")
         assert cli.main(["translate", "--model", str(folder), "--src", str(tmp_path / "src")]) == 2
         assert "error: sentence 2: words carry 0 features, the model reads 2" in capsys.readouterr().err
+
+
+def test_an_ensemble_needs_the_same_source_input():
+    from nmt.errors import NMTError
+
+    chars, words = model("chars-enc")[0], model("case")[0]
+    with pytest.raises(NMTError, match="another source input"):
+        Translator([chars.checkpoint, dataclasses.replace(words.checkpoint, src_vocab=chars.checkpoint.src_vocab)], "cpu")
+    twice = Translator([chars.checkpoint, chars.checkpoint], "cpu")
+    assert [t.text for t in twice.translate(SOURCES)] == TARGETS

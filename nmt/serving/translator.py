@@ -299,10 +299,18 @@ def check_ensemble(checkpoints: list[Checkpoint]) -> None:
     for i, other in enumerate(checkpoints[1:], start=2):
         for what, a, b in (("source vocabulary", first.src_vocab.itos, other.src_vocab.itos),
                            ("target vocabulary", first.tgt_vocab.itos, other.tgt_vocab.itos),
-                           ("languages", (first.src_lang, first.tgt_lang), (other.src_lang, other.tgt_lang))):
+                           ("languages", (first.src_lang, first.tgt_lang), (other.src_lang, other.tgt_lang)),
+                           ("source input (characters, word features)", _input_kind(first), _input_kind(other))):
             if a != b:
                 raise NMTError(f"model {i} of the ensemble has another {what} than model 1 "
                                f"({_shown(other.path)} vs {_shown(first.path)}); an ensemble needs models of the same vocabularies")
+
+
+def _input_kind(ck: Checkpoint) -> tuple:
+    """What the encoder reads: every model of an ensemble gets the same source ids."""
+    inputs = ck.inputs
+    return (inputs.mode, inputs.max_word_length if inputs.chars else 0, inputs.chars.itos if inputs.chars else None,
+            [v.itos for v in inputs.features])
 
 
 def _shown(path: Path | None) -> str:
