@@ -86,15 +86,20 @@ class CharCNN(nn.Module):
     def spell(self, words: torch.Tensor) -> torch.Tensor:
         """(n, max_word_length) distinct words -> (n, num_kernels).
 
-        Eq. 1-3, y_k = max_t tanh(w_k . C[:, t:t+w] + b_k), computed as tanh(max_t(w_k . C[:, t:t+w]) + b_k):
-        the same (tanh rises, b_k does not depend on t), with the tanh and the bias on one vector per word
-        instead of every position, and the convolution as one matrix product over the windows."""
+        Eq. 1-3, y_k = max_t tanh(w_k . C[:, t:t+w] + b_k) over the windows t of the word, computed as
+        tanh(max_t(w_k . C[:, t:t+w]) + b_k): the same (tanh rises, b_k does not depend on t), with the tanh
+        and the bias on one vector per word instead of every position, and the convolution as one matrix
+        product over the windows. Windows past the word's end (only padding) are left out: their score, 0,
+        would otherwise floor every filter's maximum at 0 for all but the longest words."""
         x = self.chars(words)  # (n, max_word_length, char_vec_size)
         if x.size(1) < self.kernel_width:  # (a word table narrower than the kernel: pad with <blank>'s zeros)
             x = nn.functional.pad(x, (0, 0, 0, self.kernel_width - x.size(1)))
         windows = x.unfold(1, self.kernel_width, 1)  # (n, positions, char_vec_size, kernel_width)
         weight = self.conv.weight.reshape(self.conv.out_channels, -1)  # (num_kernels, char_vec_size * kernel_width)
         scores = nn.functional.linear(windows.reshape(*windows.shape[:2], -1), weight)  # (n, positions, num_kernels)
+        last = ((words != PAD_ID).sum(1) - self.kernel_width).clamp(min=0)  # (n,) the last window within the word
+        beyond = torch.arange(scores.size(1), device=words.device).unsqueeze(0) > last.unsqueeze(1)  # (n, positions)
+        scores = scores.masked_fill(beyond.unsqueeze(-1), float("-inf"))
         return self.highway(torch.tanh(scores.max(dim=1).values + self.conv.bias))
 
 
