@@ -364,7 +364,7 @@ class Trainer:
         from one validation to the next: the same shapes, and they read the weights where they lie)."""
         if self._valid_engines is None or self._valid_engines.model is not self.model:
             self._valid_engines = Engines(self.model, self.device)
-        return self._valid_engines.get(EngineConfig())
+        return self._valid_engines.get(EngineConfig(int8=False, inter_threads=1))  # (fp32, no thread pool in training)
 
     def _check_divergence(self, epoch: int, record: dict) -> None:
         """Stop, before anything of this epoch is saved, if training has diverged: a loss that is
@@ -515,7 +515,8 @@ class Trainer:
         detok = get_tokenizer(self.data_cfg.tgt_lang).detokenize
         bleu = {}
         for name, int8 in (("fp32", False), ("int8", True)):
-            hyps = engines.get(EngineConfig(int8=int8)).search_ids(self.valid_ids[:n], DecodeConfig(beam_size=5))
+            engine = engines.get(EngineConfig(int8=int8, inter_threads=1, trace=False))  # (no pool, no TorchScript)
+            hyps = engine.search_ids(self.valid_ids[:n], DecodeConfig(beam_size=5))
             texts = [detok(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
             bleu[name] = round(corpus_scores(texts, self.valid_raw_tgt[:n]).bleu, 2)
         record = {"valid_bleu_fp32": bleu["fp32"], "valid_bleu_int8": bleu["int8"], "sentences": n,
