@@ -81,6 +81,9 @@ class CharCNN(nn.Module):
     def forward(self, words: torch.Tensor) -> torch.Tensor:
         flat = words.reshape(-1, words.size(-1))  # (n, max_word_length)
         distinct, where = torch.unique(flat, dim=0, return_inverse=True)  # each distinct word once
+        # Padded to a multiple of 64 words (empty ones): every batch has another number of distinct words,
+        # and oneDNN keeps kernels (and their memory) for each shape it meets, as training's output rows do.
+        distinct = nn.functional.pad(distinct, (0, 0, 0, -distinct.size(0) % 64))
         return self.spell(distinct).index_select(0, where).view(*words.shape[:-1], self.output_size)
 
     def spell(self, words: torch.Tensor) -> torch.Tensor:
