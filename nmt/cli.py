@@ -77,19 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reference translations (give --ref again for more references of the same sentences)")
 
     extract = sub.add_parser("extract", help="write a model's states and attention over given translations")
-    extract.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
-    extract.add_argument("--src", required=True, help="source file (plain or .gz)")
-    extract.add_argument("--tgt", required=True, help="target file: the translations the decoder reads (plain or .gz)")
+    add_pair_args(extract, "checkpoint folder or Hub repo id", "source file (plain or .gz)",
+                  "target file: the translations the decoder reads (plain or .gz)")
     extract.add_argument("--out", required=True, help="folder for states.safetensors, tokens.jsonl and extraction.json")
-    extract.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: %(default)s)")
-    extract.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
     index = sub.add_parser("index", help="index the hidden states of the training data (nearest training examples)")
-    index.add_argument("--model", required=True, help="checkpoint folder (the index files are written into it)")
-    index.add_argument("--src", required=True, help="training source file (plain or .gz)")
-    index.add_argument("--tgt", required=True, help="training target file (plain or .gz)")
-    index.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: %(default)s)")
-    index.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_pair_args(index, "checkpoint folder (the index files are written into it)", "training source file (plain or .gz)",
+                  "training target file (plain or .gz)")
 
     push = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
     push.add_argument("--model", required=True, help="checkpoint folder")
@@ -98,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to push to")
     add_checkpoint_tools(sub)
     return parser
+
+
+def add_pair_args(parser: argparse.ArgumentParser, model: str, src: str, tgt: str) -> None:
+    """A model run teacher-forced over a parallel file pair (``extract``, ``index``)."""
+    parser.add_argument("--model", required=True, help=model)
+    parser.add_argument("--src", required=True, help=src)
+    parser.add_argument("--tgt", required=True, help=tgt)
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
 
 def add_checkpoint_tools(sub) -> None:
