@@ -43,7 +43,16 @@ class DataConfig:
     tgt_lang: str = _help("target language code", default="en")
     max_len: int = _help("drop training pairs with a side longer than this (tokens)", default=50)
     batch_size: int = _help("sentences per batch", default=64)
-    curriculum: bool = _help("first epoch in length order (seq2seq-attn -curriculum)", default=False)
+    curriculum: int = _help("train the first N epochs on batches in order of length, short first (seq2seq-attn "
+                            "-curriculum)", default=0)
+    unkfilter: float = _help("drop training pairs with more than N unknown words (N >= 1) or more than this "
+                             "fraction of their words unknown (0 < N < 1); 0: keep every pair", default=0.0)
+    data: str = _help("a folder written by python -m nmt preprocess (tokenized, indexed, sharded): replaces "
+                      "--train-src/--train-tgt and the vocabulary settings", default="")
+    alignfile: str = _help("Pharaoh word alignments of the training pairs (i-j per link, one line per pair, on "
+                           "the Moses tokens): for --guided-alignment", default="")
+    alignvalfile: str = _help("Pharaoh word alignments of the validation pairs (the alignment loss is reported)",
+                              default="")
 
 
 @dataclass
@@ -53,6 +62,10 @@ class VocabConfig:
     src_vocab_size: int = _help("keep at most this many source words", default=50000)
     tgt_vocab_size: int = _help("keep at most this many target words", default=50000)
     min_freq: int = _help("keep words seen at least this often", default=1)
+    src_vocab_file: str = _help("preset source vocabulary: one word per line, most frequent first (a count or id "
+                                "after a space is ignored; seq2seq-attn -srcvocabfile)", default="")
+    tgt_vocab_file: str = _help("preset target vocabulary (as --src-vocab-file; seq2seq-attn -targetvocabfile)",
+                                default="")
 
 
 @dataclass
@@ -191,7 +204,22 @@ class TrainConfig:
     threads: int = _help("CPU threads (0: PyTorch default)", default=0)
     valid_bleu_sents: int = _help("validation sentences greedily decoded for the epoch BLEU (0: all)", default=0)
     select_by: str = _help("keep the best checkpoint by this validation score", default="bleu", meta={"choices": ("bleu", "ppl")})
-    train_from: str = _help("resume from this save dir's last checkpoint", default="")
+    train_from: str = _help("a save dir: resume its run exactly (its own settings; --fine-tune to change them); "
+                            "a model folder (best/, a pruned or averaged model): fine-tune it", default="")
+    fine_tune: bool = _help("with --train-from: continue from its weights with this command's data and training "
+                            "settings, a new optimizer and schedule (seq2seq-attn train_from)", default=False)
+    start_epoch: int = _help("fine-tuning: number the first epoch this (seq2seq-attn -start_epoch)", default=1)
+    layer_lrs: str = _help("learning rates of the encoder, decoder and output layer, comma-separated (seq2seq-attn "
+                           "-layer_lrs; decayed together); empty: --learning-rate for all", default="")
+    keep_checkpoints: int = _help("also keep the last N epochs' checkpoints as epoch-K/ folders (for python -m "
+                                  "nmt average)", default=0)
+    save_every: int = _help("with --keep-checkpoints: keep every Nth epoch's checkpoint", default=1)
+    print_every: int = _help("log the running loss every N batches (0: the progress bar only)", default=0)
+    guided_alignment: bool = _help("add a loss between the attention and --alignfile's links (Chen et al. 2016)",
+                                   default=False)
+    guided_alignment_weight: float = _help("the alignment loss's weight at epoch 1", default=0.5)
+    guided_alignment_decay: float = _help("multiply the alignment loss's weight by this after every epoch",
+                                          default=1.0)
     pre_word_vecs_enc: str = _help("pretrained source word vectors: a word2vec/GloVe text file (.gz too) or a "
                                    ".safetensors/.npy matrix in vocabulary order", default="")
     pre_word_vecs_dec: str = _help("pretrained target word vectors (as --pre-word-vecs-enc)", default="")
@@ -285,7 +313,8 @@ def _checked(value: Any, default: Any, where: str) -> Any:
     if default is None or isinstance(default, bool):
         ok, kind = isinstance(value, bool) or (default is None and value is None), "true or false"
     elif isinstance(default, int):
-        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        ok, kind = isinstance(value, int), "an integer"  # (a bool: a count that was once a switch, curriculum)
+        value = int(value) if ok else value
     elif isinstance(default, float):
         ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
         try:

@@ -129,7 +129,7 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     code = main(["translate", "--model", str(tmp_path / "nope"), "--src", str(tmp_path / "a.txt")])
     assert code == 2 and "error:" in capsys.readouterr().err
     code = main(["train", "--train-from", str(tmp_path / "nothing-here")])
-    assert code == 2 and "no resumable checkpoint" in capsys.readouterr().err
+    assert code == 2 and "neither a save dir" in capsys.readouterr().err
 
 
 def test_rounding_the_output_rows_changes_no_update(tmp_path):

@@ -11,7 +11,33 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name not in optimizers:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(optimizers)}")
     kwargs = {"foreach": True} if name != "adam" else {"fused": True}
-    return optimizers[name](params, lr=lr, **kwargs)
+    optimizer = optimizers[name](params, lr=lr, **kwargs)
+    set_learning_rate(optimizer, lr)
+    return optimizer
+
+
+def parameter_groups(model: torch.nn.Module, layer_lrs: str, lr: float) -> list:
+    """The optimizer's parameter groups: one, or with ``layer_lrs`` ("enc,dec,out", seq2seq-attn's
+    -layer_lrs) the encoder (with the bridge), the decoder and the output layer, each with its learning
+    rate as a factor of ``lr`` (``set_learning_rate`` keeps the factors through decay and resumption)."""
+    if not layer_lrs:
+        return [{"params": list(model.parameters()), "lr_factor": 1.0}]
+    try:
+        rates = [float(x) for x in layer_lrs.split(",")]
+    except ValueError:
+        rates = []
+    if len(rates) != 3 or not all(0 < r < float("inf") for r in rates):
+        raise ValueError(f"--layer-lrs takes three positive learning rates, encoder,decoder,output (got {layer_lrs!r})")
+    decoder, output = list(model.decoder.parameters()), list(model.generator.parameters())
+    later = {id(p) for p in decoder + output}
+    encoder = [p for p in model.parameters() if id(p) not in later]
+    return [{"params": ps, "lr": r, "lr_factor": r / lr} for ps, r in zip((encoder, decoder, output), rates)]
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate: ``lr`` times the group's factor (``parameter_groups``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_factor", 1.0)
 
 
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,18 +44,29 @@ from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, DataError, NMTError
 from nmt.evaluation import corpus_scores, perplexity
-from nmt.inputs import SourceInputs, char_vocabulary
 from nmt.model.seq2seq import Seq2Seq
 from nmt.safe_io import atomic_output
 from nmt.tokenization import get_tokenizer
+from nmt.hub import MASKS_FILE
+from nmt.inputs import SourceInputs
+from nmt.training.corpus import Vocabularies, build_vocabularies, coverage, unknown_filter
 from nmt.training.distributed import DistributedError, Processes
 from nmt.training.loss import output_positions, sequence_loss
-from nmt.training.optim import make_optimizer, optimizer_from_safetensors, optimizer_to_safetensors, step_with_clipping
+from nmt.training.fine_tune import STATE_FILE, check_fine_tuning, ignored_on_resume, is_resumable, model_folder
+from nmt.training.optim import (
+    make_optimizer,
+    optimizer_from_safetensors,
+    optimizer_to_safetensors,
+    parameter_groups,
+    set_learning_rate,
+    step_with_clipping,
+)
 from nmt.training.pretrained import apply_vectors
+from nmt.training.prune import apply_masks, load_masks
 from nmt.vocabulary import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
-OPTIMIZER_FILE, RNG_FILE, STATE_FILE = "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
+OPTIMIZER_FILE, RNG_FILE = "optimizer.safetensors", "rng.safetensors"
 INT8_RECORD_SENTENCES = 2000  # validation sentences of the int8 record (Multi30k's val: all 1,014)
 DIVERGENCE_CHECK_EVERY = 50  # batches between looks at the running loss
 DIVERGED_PPL_FACTOR = 10  # validation perplexity above this times the target vocabulary's size: diverged
@@ -72,15 +84,6 @@ def check_cpu_bf16() -> None:
             lstm(torch.zeros(1, 2, 8))
     except RuntimeError as exc:
         raise ValueError(f"--amp: this CPU cannot run bf16 LSTMs ({str(exc).splitlines()[0][:80]}); train without --amp") from None
-
-
-class _Vocabularies:
-    """A new run's vocabularies, in the shape of a checkpoint's (``src_vocab``, ``inputs``...)."""
-
-    def __init__(self, src_vocab, tgt_vocab, chars, features, cfg):
-        self.src_vocab, self.tgt_vocab, self.chars, self.features = src_vocab, tgt_vocab, chars, features
-        self.inputs = SourceInputs(src_vocab, cfg.src_features, chars if cfg.use_chars_enc else None, features,
-                                   cfg.max_word_length)
 
 
 @dataclass
@@ -120,9 +123,13 @@ class Trainer:
             torch.set_num_threads(train.threads)
         if not 0 <= train.label_smoothing < 1 or not 0 <= train.scheduled_sampling <= 1:
             raise ValueError("--label-smoothing must be in [0, 1) and --scheduled-sampling in [0, 1]")
+        if train.keep_checkpoints < 0 or train.save_every < 1 or train.print_every < 0 or data.curriculum < 0:
+            raise ValueError("--keep-checkpoints, --print-every and --curriculum must be at least 0, --save-every at least 1")
+        self.masks: dict[str, torch.Tensor] = {}  # a pruned model's (nmt.training.prune): kept at 0 by every step
+        self._pruning = None  # its config.json record, carried into every checkpoint written
 
     # ---- setup -------------------------------------------------------------------------
-    def _load_data(self, saved: Checkpoint | _Vocabularies | None):
+    def _load_data(self, saved: Checkpoint | Vocabularies | None):
         """Tokenize the data and index it with ``saved``'s vocabularies (a resumed run), else with new
         ones built from the training data (words, and characters and feature values: ``nmt.inputs``)."""
         d, m = self.data_cfg, self.model_cfg
@@ -133,10 +140,19 @@ class Trainer:
         src_tok, tgt_tok = tokenize_pair_files(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len,
                                                m.src_features)
         if saved is None:
-            saved = self._vocabularies(src_tok, tgt_tok)
+            saved = build_vocabularies(src_tok, tgt_tok, self.model_cfg, self.vocab_cfg)
         self.src_vocab, self.tgt_vocab, self.chars, self.features = saved.src_vocab, saved.tgt_vocab, saved.chars, \
             saved.features
         inputs = saved.inputs
+        src_keys = [keys for _, keys, _ in SourceInputs.parse_all(src_tok, m.src_features)]
+        log.info("vocabularies cover %.2f%% of the training source tokens and %.2f%% of the target's",
+                 100 * coverage(src_keys, self.src_vocab), 100 * coverage(tgt_tok, self.tgt_vocab))
+        if d.unkfilter:
+            keep = unknown_filter(src_keys, tgt_tok, self.src_vocab, self.tgt_vocab, d.unkfilter)
+            log.info("--unkfilter %g: kept %d of %d training pairs", d.unkfilter, len(keep), len(src_tok))
+            if not keep:
+                raise DataError(f"--unkfilter {d.unkfilter:g} drops every training pair")
+            src_tok, tgt_tok = [src_tok[i] for i in keep], [tgt_tok[i] for i in keep]
         self.train_data = ParallelDataset([inputs.encode(s, f"{d.train_src} sentence {i + 1}") for i, s in enumerate(src_tok)],
                                           [self.tgt_vocab.encode(t) for t in tgt_tok])
         self.valid_raw_src, self.valid_raw_tgt = read_parallel(d.valid_src, d.valid_tgt)
@@ -151,21 +167,12 @@ class Trainer:
         log.info("%d training pairs, %d validation pairs; vocabularies: %s source, %d target words",
                  len(self.train_data), len(self.valid_data), inputs.describe(), len(self.tgt_vocab))
 
-    def _vocabularies(self, src_tok: list[list[str]], tgt_tok: list[list[str]]) -> _Vocabularies:
-        """New vocabularies of the training data, as a checkpoint without weights would hold them;
-        their sizes go into the model's config."""
-        m, v = self.model_cfg, self.vocab_cfg
-        words = [w for w, _, _ in SourceInputs.parse_all(src_tok, m.src_features)]
-        chars = char_vocabulary(words + (tgt_tok if m.use_chars_dec else [])) if m.use_chars_enc or m.use_chars_dec else None
-        inputs = SourceInputs.build(src_tok, m.src_features, chars, m.max_word_length, v.src_vocab_size, v.min_freq)
-        tgt_vocab = Vocabulary.build(tgt_tok, v.tgt_vocab_size, v.min_freq)
-        m.src_vocab, m.tgt_vocab = len(inputs.words), len(tgt_vocab)
-        m.char_vocab, m.feature_vocabs = len(chars) if chars else 0, tuple(len(f) for f in inputs.features)
-        return _Vocabularies(inputs.words, tgt_vocab, chars, inputs.features, m)
-
     def _setup(self) -> TrainerState:
         if self.cfg.train_from:
-            return self._resume(Path(self.cfg.train_from))
+            start = Path(self.cfg.train_from)
+            if is_resumable(start) and not self.cfg.fine_tune:
+                return self._resume(start)
+            return self._fine_tune(model_folder(start))
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self._load_data(None)
@@ -173,10 +180,42 @@ class Trainer:
         self._checkpoint()  # (a model reading characters on the decoder side learns its words' spellings)
         self._pretrained_vectors()
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), self.cfg.learning_rate)
+        self.optimizer = self._optimizer(self.cfg.learning_rate)
         if self.dist is not None and not self.dist.is_main:
             self._seed_rank(0)  # the same initial weights everywhere, but each process its own dropout draws
         return TrainerState(lr=self.cfg.learning_rate, history=[], world_size=self.dist.world_size if self.dist else 1)
+
+    def _fine_tune(self, start: Path) -> TrainerState:
+        """seq2seq-attn's train_from: ``start``'s weights, vocabularies (and pruning masks), this
+        command's data and training settings, a new optimizer and schedule (``nmt.training.fine_tune``)."""
+        ckpt = load_checkpoint(start, self.device, max_parameters=math.inf)  # (one's own model: no size limit)
+        check_fine_tuning(self.model_cfg, self.vocab_cfg, self.cfg, ckpt.model.cfg, start)
+        random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        self.model, self.model_cfg = ckpt.model.train(), ckpt.model.cfg
+        self._load_data(ckpt)
+        self._load_masks(start, ckpt)
+        self._pretrained_vectors()
+        self.optimizer = self._optimizer(self.cfg.learning_rate)
+        if self.dist is not None and not self.dist.is_main:
+            self._seed_rank(0)
+        self._epoch = self.cfg.start_epoch - 1
+        log.info("fine-tuning %s from epoch %d to %d: its weights and vocabularies, this command's data and settings",
+                 start, self.cfg.start_epoch, self.cfg.epochs)
+        return TrainerState(epoch=self._epoch, lr=self.cfg.learning_rate, history=[],
+                            world_size=self.dist.world_size if self.dist else 1)
+
+    def _load_masks(self, folder: Path, ckpt: Checkpoint) -> None:
+        """A pruned model's masks, if ``folder`` has them: retraining keeps its pruned weights at 0."""
+        if not (folder / MASKS_FILE).exists():
+            return
+        self.masks = {k: m.to(self.device) for k, m in load_masks(folder, self.model).items()}
+        self._pruning = ckpt.extra.get("pruning")
+        apply_masks(self.model, self.masks)
+        log.info("%s: pruned weights (%s) stay 0", folder / MASKS_FILE, self._pruning)
+
+    def _optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return make_optimizer(self.cfg.optim, parameter_groups(self.model, self.cfg.layer_lrs, self.cfg.learning_rate), lr)
 
     def _seed_rank(self, epoch: int) -> None:
         """A process other than 0: its own RNG streams (process 0 draws as a single process does)."""
@@ -189,20 +228,26 @@ class Trainer:
         if not (last / STATE_FILE).is_file():
             raise CheckpointError(f"{run_dir}: no resumable checkpoint (expected {last / STATE_FILE})")
         ckpt = load_checkpoint(last, self.device, max_parameters=math.inf)  # (a run of one's own: no size limit)
-        self.model, self.model_cfg = ckpt.model.train(), ckpt.model.cfg
-        # The run continues with its own settings; the command only sets epochs, device and threads.
+        # The run continues with its own settings; the command only sets RESUME_FLAGS (epochs, device...).
         saved_train = from_dict(TrainConfig, ckpt.extra["train"])
+        saved_data, saved_vocab = from_dict(DataConfig, ckpt.extra["data"]), from_dict(VocabConfig, ckpt.extra["vocab"])
+        ignored = ignored_on_resume([(self.data_cfg, saved_data), (self.vocab_cfg, saved_vocab),
+                                     (self.model_cfg, ckpt.model.cfg), (self.cfg, saved_train)])
+        if ignored:
+            log.warning("resuming %s exactly, with its own settings: ignored %s (to change them, add --fine-tune)",
+                        run_dir, " ".join(ignored))
+        self.model, self.model_cfg = ckpt.model.train(), ckpt.model.cfg
         saved_train.epochs, saved_train.device, saved_train.threads = self.cfg.epochs, self.cfg.device, self.cfg.threads
-        saved_train.dist_timeout = self.cfg.dist_timeout
+        saved_train.dist_timeout, saved_train.print_every = self.cfg.dist_timeout, self.cfg.print_every
         saved_train.save_dir, saved_train.train_from = str(run_dir), ""
         self.cfg, self.save_dir = saved_train, run_dir
-        self.data_cfg = from_dict(DataConfig, ckpt.extra["data"])
-        self.vocab_cfg = from_dict(VocabConfig, ckpt.extra["vocab"])
+        self.data_cfg, self.vocab_cfg = saved_data, saved_vocab
         self._load_data(ckpt)
+        self._load_masks(last, ckpt)
         self._freeze_fixed_vectors()
         saved = json.loads((last / STATE_FILE).read_text())
         state = TrainerState(**saved["trainer"])
-        self.optimizer = make_optimizer(self.cfg.optim, self.model.parameters(), state.lr)
+        self.optimizer = self._optimizer(state.lr)
         self.optimizer.load_state_dict(optimizer_from_safetensors(load_file(str(last / OPTIMIZER_FILE)), saved["optimizer"]))
         rng = load_file(str(last / RNG_FILE))
         world_size = self.dist.world_size if self.dist else 1
@@ -246,7 +291,7 @@ class Trainer:
                     best, state.best_epoch)
         metrics = self._write_metrics(state.history, self.save_dir)
         with atomic_dir(self.save_dir / "best") as tmp:
-            write_model_files(tmp, self._checkpoint(), metrics=metrics)
+            self._write_model(tmp, metrics)
 
     # ---- one epoch ---------------------------------------------------------------------
     def _autocast(self):
@@ -258,7 +303,7 @@ class Trainer:
         """One epoch; under torchrun this process's slices of the global batches, and the figures
         returned are those of all processes together."""
         self.model.train()
-        in_order = self.data_cfg.curriculum and epoch == 1
+        in_order = epoch <= self.data_cfg.curriculum  # (seq2seq-attn: epochs 1..curriculum in length order)
         seed = self.cfg.seed + epoch
         if self.dist is None:
             batches = list(self.train_data.batches(self.data_cfg.batch_size, shuffle=True, seed=seed, in_order=in_order))
@@ -288,6 +333,10 @@ class Trainer:
                 if not math.isfinite(seen):
                     raise self._diverged(epoch, f"the training loss became {seen} at batch {number}")
             now = time.perf_counter()
+            if self.cfg.print_every and number % self.cfg.print_every == 0 and n_tgt and not hidden:
+                log.info("epoch %d, batch %d of %d: loss %.3f, ppl %.1f, %.0f tok/s", epoch, number, len(batches),
+                         float(total_loss) / n_tgt, perplexity(-float(total_nll), n_tgt),
+                         (n_src + n_tgt) * world / (now - start))
             if not bar.disable and now - shown >= 1.0 and n_tgt:  # (process 0's slices; tok_s: estimated for all)
                 shown = now
                 bar.set_postfix(loss=f"{float(total_loss) / n_tgt:.3f}", ppl=f"{perplexity(-float(total_nll), n_tgt):.1f}",
@@ -339,6 +388,8 @@ class Trainer:
             if loss_scale == 0:
                 loss, nll = loss * 0, nll * 0
         step_with_clipping(self.optimizer, list(self.model.parameters()), self.cfg.max_grad_norm)
+        if self.masks:
+            apply_masks(self.model, self.masks)
         return loss.detach(), nll.detach()
 
     @torch.inference_mode()
@@ -387,8 +438,28 @@ class Trainer:
     def _checkpoint(self) -> Checkpoint:
         extra = {"data": to_dict(self.data_cfg), "vocab": to_dict(self.vocab_cfg), "train": to_dict(self.cfg),
                  "checkpoint": {"epoch": self._epoch}}
+        if self._pruning is not None:
+            extra["pruning"] = self._pruning
         return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra,
                           chars=self.chars, features=self.features)
+
+    def _write_model(self, folder: Path, metrics: Path | None = None) -> None:
+        """A model folder of the current weights (with a pruned model's masks)."""
+        write_model_files(folder, self._checkpoint(), metrics=metrics)
+        if self.masks:
+            save_file({k: m.cpu() for k, m in self.masks.items()}, str(folder / MASKS_FILE))
+
+    def _keep_epoch(self, epoch: int, metrics: Path) -> None:
+        """``--keep-checkpoints N``: ``epoch-K/`` model folders of every ``--save-every``th epoch, the last N."""
+        n, every = self.cfg.keep_checkpoints, self.cfg.save_every
+        if not n or epoch % every:
+            return
+        with atomic_dir(self.save_dir / f"epoch-{epoch}") as tmp:
+            self._write_model(tmp, metrics)
+        for old in self.save_dir.glob("epoch-*"):
+            number = old.name.removeprefix("epoch-")
+            if number.isdigit() and int(number) <= epoch - n * every and old.is_dir():
+                shutil.rmtree(old)
 
     def _pretrained_vectors(self) -> None:
         """seq2seq-attn's pre_word_vecs_enc/dec and fix_word_vecs_enc/dec (``nmt.training.pretrained``)."""
@@ -431,7 +502,7 @@ class Trainer:
                 rng.update({f"{k}.{r}": v for k, v in saved.items() if k != "python"})
             extra["python_rng_by_rank"] = [[p[0], list(p[1]), p[2]] for p in [py] + [s["python"] for s in ranks_rng[1:]]]
         with atomic_dir(self.save_dir / "last") as tmp:
-            write_model_files(tmp, self._checkpoint())
+            self._write_model(tmp)
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
             save_file(rng, str(tmp / RNG_FILE))
             (tmp / STATE_FILE).write_text(json.dumps({"trainer": state.__dict__, "optimizer": meta,
@@ -455,8 +526,7 @@ class Trainer:
         plateau = self.cfg.decay_on_plateau and state.prev_valid_ppl is not None and valid_ppl >= state.prev_valid_ppl
         if scheduled or plateau:
             state.lr *= self.cfg.lr_decay
-            for group in self.optimizer.param_groups:
-                group["lr"] = state.lr
+            set_learning_rate(self.optimizer, state.lr)
             log.info("learning rate decayed to %g", state.lr)
         state.prev_valid_ppl = valid_ppl
 
@@ -493,8 +563,7 @@ class Trainer:
             if self.dist is not None:  # process 0's decisions: learning rate, best epoch, history
                 for key, value in self.dist.broadcast(dataclasses.asdict(state)).items():
                     setattr(state, key, value)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = state.lr
+                set_learning_rate(self.optimizer, state.lr)
                 self._epoch = state.epoch
         best = resolve_dir(self.save_dir / "best")
 
@@ -551,7 +620,8 @@ class Trainer:
         metrics = self._write_metrics(state.history, self.save_dir)
         if improved:
             with atomic_dir(self.save_dir / "best") as tmp:
-                write_model_files(tmp, self._checkpoint(), metrics=metrics)
+                self._write_model(tmp, metrics)
+        self._keep_epoch(epoch, metrics)
         log.info("epoch %d: train ppl %.2f, valid ppl %.2f, valid BLEU %.2f, %.0f tok/s%s", epoch,
                  record["train_ppl"], record["valid_ppl"], record["valid_bleu"],
                  record["src_tokens_per_s"] + record["tgt_tokens_per_s"], " (best)" if improved else "")
