@@ -12,7 +12,7 @@ output word, or the encoder's of a source word) and returns the training positio
 Euclidean distance, with their sentences, so that one can see what the model learnt that state from.
 
 How (chosen by measurement, BENCHMARKS.md "Nearest training examples"): the states are compressed by
-an OPQ rotation and a product quantizer (FAISS: 24 bytes a target state, 12 a source state, where fp32
+an OPQ rotation and a product quantizer (FAISS: 16 bytes a target state, 8 a source state, where fp32
 takes 1 KiB); a query takes the quantized index's best candidates, recomputes their sentences' states
 exactly with the model (the training text is stored anyway, to show it) and ranks them by their exact
 distance. The distances returned are exact; only a neighbour missed by the candidates is lost.
@@ -97,10 +97,10 @@ class IndexSettings:
     ``*_subquantizers`` dimensions, then that many sub-quantizers of ``bits`` bits each; a query
     re-ranks ``*_candidates`` candidates exactly."""
 
-    target_subquantizers: int = 24
-    source_subquantizers: int = 12
-    target_candidates: int = 32
-    source_candidates: int = 128
+    target_subquantizers: int = 16
+    source_subquantizers: int = 8
+    target_candidates: int = 64
+    source_candidates: int = 256
     bits: int = 8
     train_positions: int = 40_000  # states sampled (per side) to train the rotation and the quantizer
     opq_iterations: int = 25
