@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the bundled checkpoints with the project's own training command.
 # Usage: scripts/train_bundled.sh [NAME ...]   (default: all six)
-# Runs go to runs/NAME; the best epoch is then copied to checkpoints/NAME as fp16.
+# Runs go to runs/NAME (or $RUNS/NAME); the best epoch is then copied to checkpoints/NAME as fp16.
 set -euo pipefail
 DATA=${DATA:-../shared/data/multi30k}
 EPOCHS=${EPOCHS:-15}
@@ -10,13 +10,17 @@ COMMON=(--emb-size 256 --hidden 256 --layers 1 --brnn --input-feed --no-bridge -
         --label-smoothing 0.1 --max-grad-norm 5 --epochs "$EPOCHS" --seed 3435)
 # AMP=1: bf16 autocast (CPUs with AMX or AVX-512 bf16; fp32 master weights). de-en-general-chars was trained so.
 [ "${AMP:-0}" = 1 ] && COMMON+=(--amp)
+# EXTRA="--keep-checkpoints 5": more flags for every run (word splitting intended); RUNS: where runs go.
+read -r -a extra <<< "${EXTRA:-}"
+COMMON+=("${extra[@]}")
+RUNS=${RUNS:-runs}
 
 # The character-CNN encoder of de-en-general-chars (seq2seq-attn's char_vec_size, kernel_width and
 # highway layers; 512 filters keep it under the word model's parameters).
 CHARS=(--use-chars-enc --char-vec-size 25 --kernel-width 6 --num-kernels 512 --num-highway-layers 2 --max-word-length 35)
 
 train() {  # NAME SRC TGT ATTENTION [EXTRA FLAGS...]
-  local name=$1 src=$2 tgt=$3 attn=$4 run=runs/$1
+  local name=$1 src=$2 tgt=$3 attn=$4 run=$RUNS/$1
   shift 4
   if [ -f "$run/last/trainer_state.json" ]; then
     python -m nmt train --train-from "$run" --epochs "$EPOCHS"
