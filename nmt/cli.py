@@ -1,4 +1,4 @@
-"""Command line: ``python -m nmt {train,translate,evaluate,score,extract,index,push,prune,average}``.
+"""Command line: ``python -m nmt {train,translate,evaluate,score,extract,index,push,prune,average,align,preprocess}``.
 
 Flags map one to one onto the config dataclasses (``emb_size`` -> ``--emb-size``;
 booleans get ``--flag/--no-flag``).
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--revision", default=None, help="branch to push to")
     add_checkpoint_tools(sub)
+    add_preprocess(sub)
+    add_align(sub)
     return parser
 
 
@@ -101,6 +103,20 @@ def add_pair_args(parser: argparse.ArgumentParser, model: str, src: str, tgt: st
     parser.add_argument("--tgt", required=True, help=tgt)
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+
+
+def add_align(sub) -> None:
+    """``align``: word alignments for guided alignment training (``nmt.alignment``)."""
+    align = sub.add_parser("align", help="word-align a parallel corpus with eflomal (for guided alignment training)")
+    align.add_argument("--src", required=True, help="source file (raw text, plain or .gz)")
+    align.add_argument("--tgt", required=True, help="target file (raw text, plain or .gz)")
+    align.add_argument("--src-lang", required=True, help="source language (Moses tokenizer)")
+    align.add_argument("--tgt-lang", required=True, help="target language (Moses tokenizer)")
+    align.add_argument("--out", required=True, help="output: one line of source-target links 'i-j' per pair (Pharaoh)")
+    align.add_argument("--extra-src", action="append", default=[],
+                       help="more source text aligned in the same run (eflomal is unsupervised: more text, better "
+                            "links), its links not written; repeatable, each with an --extra-tgt")
+    align.add_argument("--extra-tgt", action="append", default=[], help="the translations of an --extra-src file")
 
 
 def add_checkpoint_tools(sub) -> None:
@@ -116,6 +132,29 @@ def add_checkpoint_tools(sub) -> None:
     average = sub.add_parser("average", help="average the weights of checkpoints of one model")
     average.add_argument("--model", required=True, nargs="+", help="checkpoint folders (the same model and vocabularies)")
     average.add_argument("--out", required=True, help="output checkpoint folder")
+
+
+def add_preprocess(sub) -> None:
+    """``preprocess``: tokenize, index and shard a training corpus once (``nmt.preprocess``)."""
+    pre = sub.add_parser("preprocess", help="tokenize and index a training corpus once, into shards (for training "
+                                            "from the folder)")
+    data = DataConfig()
+    pre.add_argument("--train-src", required=True, help="training source file (plain or .gz)")
+    pre.add_argument("--train-tgt", required=True, help="training target file (plain or .gz)")
+    pre.add_argument("--src-lang", default=data.src_lang, help="source language code (default: %(default)s)")
+    pre.add_argument("--tgt-lang", default=data.tgt_lang, help="target language code (default: %(default)s)")
+    pre.add_argument("--max-len", type=int, default=data.max_len,
+                     help="drop pairs with a side longer than this (tokens; 0: no limit) (default: %(default)s)")
+    add_config_args(pre, VocabConfig, "vocabulary")
+    sharding = pre.add_mutually_exclusive_group()
+    sharding.add_argument("--shards", type=int, default=0, help="this many shards of equal size")
+    sharding.add_argument("--shard-size", type=int, default=0,
+                          help="shards of this many pairs (neither: shards of a million pairs)")
+    pre.add_argument("--workers", type=int, default=0, help="tokenizing processes (default 0: one per CPU core)")
+    pre.add_argument("--out", required=True, help="output folder (written atomically)")
+    pre.add_argument("--overwrite", action="store_true",
+                     help="replace --out if it is a preprocessed folder (atomically); without, an existing --out "
+                          "is refused")
 
 
 def read_source(path: str) -> list[str]:
@@ -320,8 +359,45 @@ def cmd_average(args) -> None:
     print(f"averaged {len(args.model)} checkpoints into {out}")
 
 
+def cmd_align(args) -> None:
+    import time
+
+    from nmt.alignment import align_pairs, coverage, write_alignments
+    from nmt.data import read_parallel, tokenize_all
+    from nmt.errors import DataError
+
+    _check_outputs(args.out)
+    if len(args.extra_src) != len(args.extra_tgt):
+        raise DataError(f"{len(args.extra_src)} --extra-src but {len(args.extra_tgt)} --extra-tgt files: "
+                        "give them in pairs")
+    files = [(args.src, args.tgt), *zip(args.extra_src, args.extra_tgt)]
+    texts = [read_parallel(src, tgt) for src, tgt in files]  # (all read and checked before any work)
+    start = time.perf_counter()
+    src = [tokens for s, _ in texts for tokens in tokenize_all(s, args.src_lang)]
+    tgt = [tokens for _, t in texts for tokens in tokenize_all(t, args.tgt_lang)]
+    tokenized = time.perf_counter()
+    _, _, links = align_pairs(src, tgt)
+    n = len(texts[0][0])
+    write_alignments(args.out, links[:n])
+    print(f"aligned {len(src):,} sentence pairs (tokenizing {tokenized - start:.1f} s, eflomal both ways and "
+          f"symmetrising {time.perf_counter() - tokenized:.1f} s); wrote the {n:,} of {args.src} to {args.out}: "
+          f"{coverage(links[:n], map(len, tgt[:n])):.1%} of the target words linked")
+
+
+def cmd_preprocess(args) -> None:
+    from nmt.preprocess import preprocess
+
+    m = preprocess(args.train_src, args.train_tgt, args.out, args.src_lang, args.tgt_lang, args.max_len,
+                   config_from_args(VocabConfig, args), shards=args.shards, shard_size=args.shard_size,
+                   workers=args.workers, overwrite=args.overwrite)
+    print(f"preprocessed {m['pairs']:,} pairs (dropped {m['dropped']['empty']:,} empty, {m['dropped']['long']:,} "
+          f"longer than {args.max_len}) into {args.out}: {len(m['shards'])} shard(s), vocabularies of "
+          f"{m['vocabularies']['src']['size']:,} source and {m['vocabularies']['tgt']['size']:,} target words")
+
+
 COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "score": cmd_score,
-            "extract": cmd_extract, "push": cmd_push, "index": cmd_index, "prune": cmd_prune, "average": cmd_average}
+            "extract": cmd_extract, "push": cmd_push, "index": cmd_index, "prune": cmd_prune, "average": cmd_average,
+            "align": cmd_align, "preprocess": cmd_preprocess}
 
 
 def main(argv: list[str] | None = None) -> int:

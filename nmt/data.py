@@ -7,7 +7,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -122,15 +122,23 @@ class ParallelDataset:
 
     def batch_indices(self, batch_size: int, shuffle: bool = True, seed: int = 0, in_order: bool = False) -> list[list[int]]:
         """The examples of each of ``batches``' batches, in its order."""
-        rng = random.Random(seed)
-        order = list(range(len(self)))
-        if shuffle and not in_order:
-            rng.shuffle(order)  # random tie-breaking between equal lengths
-        order.sort(key=lambda i: (len(self.src[i]), len(self.tgt[i])))
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if shuffle and not in_order:
-            rng.shuffle(chunks)
-        return chunks
+        return length_batches([len(s) for s in self.src], [len(t) for t in self.tgt], batch_size, shuffle, seed,
+                              in_order)
+
+
+def length_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_size: int, shuffle: bool = True,
+                   seed: int = 0, in_order: bool = False) -> list[list[int]]:
+    """``ParallelDataset.batch_indices`` of pairs of these lengths: any dataset with the same lengths
+    (``nmt.preprocess.ShardedDataset``) gets the same batches for a seed."""
+    rng = random.Random(seed)
+    order = list(range(len(src_lengths)))
+    if shuffle and not in_order:
+        rng.shuffle(order)  # random tie-breaking between equal lengths
+    order.sort(key=lambda i: (src_lengths[i], tgt_lengths[i]))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle and not in_order:
+        rng.shuffle(chunks)
+    return chunks
 
 
 def shard(index: list[int], rank: int, world_size: int) -> list[int]:
@@ -163,11 +171,27 @@ def tokenize_pair_files(src_path, tgt_path, src_lang: str, tgt_lang: str, max_le
     """Tokenized pairs; empty pairs and (with ``max_len``) over-long pairs are dropped and counted.
     With inline source features (``nmt.inputs``) the source is split at spaces, and every word of
     the file must carry as many features as the first (an error naming the line and word)."""
+    src_tok, tgt_tok, keep = tokenize_pairs(src_path, tgt_path, src_lang, tgt_lang, max_len, src_features)
+    return [src_tok[i] for i in keep], [tgt_tok[i] for i in keep]
+
+
+def tokenize_pairs(src_path, tgt_path, src_lang: str, tgt_lang: str, max_len: int = 0, src_features: str = ""):
+    """``tokenize_pair_files`` before the drop: every line's tokens, and the lines kept (what line-aligned
+    side files, such as word alignments, need)."""
     src_lines, tgt_lines = read_parallel(src_path, tgt_path)
     inline = src_features == "inline"
     src_tok, tgt_tok = tokenize_all(src_lines, src_lang, inline), tokenize_all(tgt_lines, tgt_lang)
     if inline:
         check_features(src_tok, str(src_path))
+    keep, empty, long = pairs_kept(src_tok, tgt_tok, max_len)
+    report_dropped(src_path, len(keep), empty, long, max_len)
+    return src_tok, tgt_tok, keep
+
+
+def pairs_kept(src_tok: list[list[str]], tgt_tok: list[list[str]], max_len: int = 0) -> tuple[list[int], int, int]:
+    """The positions of the pairs training keeps, and how many were dropped as empty (a side without
+    tokens) and as too long (a side over ``max_len`` tokens; 0: no limit). Works on any slice of a
+    file (``nmt.preprocess`` tokenizes chunks in parallel and adds up the counts)."""
     keep = [i for i in range(len(src_tok)) if src_tok[i] and tgt_tok[i]]
     empty = len(src_tok) - len(keep)
     if max_len:
@@ -175,9 +199,13 @@ def tokenize_pair_files(src_path, tgt_path, src_lang: str, tgt_lang: str, max_le
         long, keep = len(keep) - len(kept), kept
     else:
         long = 0
+    return keep, empty, long
+
+
+def report_dropped(src_path, kept: int, empty: int, long: int, max_len: int) -> None:
+    """Log the dropped pairs of a file; none kept is an error."""
     if empty or long:
         log.warning("%s: dropped %d empty and %d pairs longer than %d tokens (kept %d of %d)",
-                    src_path, empty, long, max_len, len(keep), len(src_tok))
-    if not keep:
+                    src_path, empty, long, max_len, kept, kept + empty + long)
+    if not kept:
         raise DataError(f"{src_path}: no sentence pair left after dropping empty/long ones")
-    return [src_tok[i] for i in keep], [tgt_tok[i] for i in keep]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections import Counter
 
 import pytest
@@ -13,6 +14,8 @@ from safetensors.torch import load_file
 
 from nmt.cli import main
 from nmt.data import tokenize_pair_files
+from nmt.errors import DataError
+from nmt.preprocess import preprocess
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig
 from nmt.training.average import average_checkpoints
 from nmt.training.corpus import read_vocab_file, unknown_filter
@@ -25,8 +28,9 @@ TINY = dict(emb_size=16, hidden=32, dropout=0.2)
 
 
 def make(files, save_dir, epochs=1, data=None, vocab=None, model=None, **train) -> Trainer:
-    d = DataConfig(train_src=str(files["train", "de"]), train_tgt=str(files["train", "en"]),
-                   valid_src=str(files["val", "de"]), valid_tgt=str(files["val", "en"]), batch_size=16, **(data or {}))
+    d = DataConfig(**{"train_src": str(files["train", "de"]), "train_tgt": str(files["train", "en"]),
+                      "valid_src": str(files["val", "de"]), "valid_tgt": str(files["val", "en"]), "batch_size": 16,
+                      **(data or {})})
     return Trainer(d, VocabConfig(**(vocab or {})), ModelConfig(**(model or TINY)),
                    TrainConfig(save_dir=str(save_dir), epochs=epochs, **{"learning_rate": 0.005, **train}))
 
@@ -178,3 +182,64 @@ def test_the_cli_fine_tunes_and_says_bad_flags_clearly(corpus, run, tmp_path, ca
     assert main(args + ["--layers", "2"]) == 2 and "--layers 2 (the checkpoint has 1)" in capsys.readouterr().err
     assert main(args + ["--print-every", "2", "--batch-size", "16"]) == 0
     assert (tmp_path / "cli/best/model.safetensors").is_file()
+
+
+def synthetic_aligned_corpus(folder, n_train=240, n_valid=30, seed=0):
+    """Word-for-word pairs: target word j translates source word j, and the links say so (i-i)."""
+    rng = random.Random(seed)
+    files = {}
+    for split, n in (("train", n_train), ("val", n_valid)):
+        pairs = [[rng.randrange(12) for _ in range(rng.randint(3, 7))] for _ in range(n)]
+        for lang, word in (("de", "q{}"), ("en", "z{}")):
+            path = folder / f"{split}.{lang}"
+            path.write_text("".join(" ".join(word.format(w) for w in p) + "\n" for p in pairs))
+            files[split, lang] = path
+        files[split, "align"] = folder / f"{split}.align"
+        files[split, "align"].write_text("".join(" ".join(f"{i}-{i}" for i in range(len(p))) + "\n" for p in pairs))
+    return files
+
+
+def test_guided_alignment_lowers_the_attention_alignment_loss(tmp_path):
+    files = synthetic_aligned_corpus(tmp_path)
+    data = {"alignfile": str(files["train", "align"]), "alignvalfile": str(files["val", "align"])}
+    scores = {}
+    for guided in (False, True):
+        t = make(files, tmp_path / f"run-{guided}", epochs=3, data=data, guided_alignment=guided,
+                 guided_alignment_weight=1.0, guided_alignment_decay=0.9, learning_rate=0.01)
+        t.run()
+        history = [json.loads(x) for x in (tmp_path / f"run-{guided}/metrics.jsonl").read_text().splitlines()]
+        scores[guided] = history[-1]
+        assert ("train_align_loss" in history[0]) == guided
+    assert scores[True]["align_weight"] == pytest.approx(0.81)
+    assert scores[True]["valid_align_loss"] < 0.5 * scores[False]["valid_align_loss"]
+    assert scores[True]["valid_aer"] < scores[False]["valid_aer"] and scores[True]["valid_aer"] < 0.5
+
+
+def test_alignments_follow_the_kept_pairs_and_bad_files_name_their_line(tmp_path):
+    files = synthetic_aligned_corpus(tmp_path, n_train=20)
+    lines = files["train", "de"].read_text().splitlines()
+    lines[1] = " ".join(["q1"] * 60)  # (dropped by --max-len 50: its alignment line must be skipped too)
+    files["train", "de"].write_text("\n".join(lines) + "\n")
+    aligns = files["train", "align"].read_text().splitlines()
+    t = make(files, tmp_path / "r", data={"alignfile": str(files["train", "align"])})
+    t._load_data(None)
+    assert len(t.train_links) == 19 and t.train_links[1] == [(int(x[0]), int(x[2])) for x in aligns[2].split()]
+    files["train", "align"].write_text("\n".join(aligns[:-1]) + "\n")
+    with pytest.raises(DataError, match="19 lines but there are 20"):
+        make(files, tmp_path / "r", data={"alignfile": str(files["train", "align"])}).run()
+    files["train", "align"].write_text("\n".join(aligns[:3] + ["0-0 9-0"] + aligns[4:]) + "\n")
+    with pytest.raises(DataError, match="line 4"):
+        make(files, tmp_path / "r", data={"alignfile": str(files["train", "align"])}).run()
+    with pytest.raises(ValueError, match="needs --alignfile"):
+        make(files, tmp_path / "r", guided_alignment=True).run()
+
+
+def test_preprocessed_data_trains_to_the_same_model_as_raw_text(corpus, tmp_path):
+    preprocess(str(corpus["train", "de"]), str(corpus["train", "en"]), tmp_path / "pre", "de", "en", shards=2)
+    make(corpus, tmp_path / "raw", epochs=1).run()
+    make(corpus, tmp_path / "pre-run", epochs=1, data={"data": str(tmp_path / "pre"), "train_src": "",
+                                                       "train_tgt": ""}).run()
+    raw, pre = weights(tmp_path / "raw/last"), weights(tmp_path / "pre-run/last")
+    assert raw.keys() == pre.keys() and all(torch.equal(raw[k], pre[k]) for k in raw)
+    with pytest.raises(ValueError, match="not en-de"):
+        make(corpus, tmp_path / "x", data={"data": str(tmp_path / "pre"), "src_lang": "en", "tgt_lang": "de"}).run()

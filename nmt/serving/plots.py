@@ -28,6 +28,7 @@ COLORSCALE = "Blues"
 ROW_PX, MIN_HEIGHT, MAX_HEIGHT = 26, 300, 900
 CURVES_HEIGHT = 340
 UNK_COLOR = "#e8590c"
+ALIGNMENT_COLOR, LEGEND_PX = "#d6336c", 30  # word-alignment markers (apart from the blues and UNK_COLOR), their legend
 COMPACT_FONT, COMPACT_CHAR_PX, COMPACT_TICK_CHARS = 10, 6.5, 8
 COMPACT_ROW_PX, COMPACT_CELL_PX, COMPACT_AUTO_WIDTH = 20, 16, 360
 COMPACT_MIN_HEIGHT, COMPACT_MAX_HEIGHT = 220, 760
@@ -77,6 +78,31 @@ def attention_figure(translation: Translation, title: str | None = None, height:
             yaxis=_axis(out, "output", autorange="reversed"),
         )
     fig.update_layout(shapes=_replacement_shapes(translation))
+    return fig
+
+
+def add_alignment_links(fig: go.Figure, links, name: str = "alignment", color: str = ALIGNMENT_COLOR) -> go.Figure:
+    """``fig`` (an ``attention_figure``) with a marker on each linked cell: ``links`` are (source position,
+    output position) pairs, from 0, as ``nmt.alignment`` reads and writes them (a word aligner's, or the
+    attention's own). One trace named ``name``, in the legend, where a click hides or shows it; the
+    markers do not catch the mouse, so hovering still shows the heatmap's words and weight."""
+    links = sorted(set(links), key=lambda link: (link[1], link[0]))
+    heatmap = next((trace for trace in fig.data if trace.type == "heatmap"), None)
+    if heatmap is None:
+        raise ValueError("the figure has no attention heatmap to mark links on")
+    rows, cols = len(heatmap.z), len(heatmap.z[0]) if len(heatmap.z) else 0
+    outside = [f"{s}-{t}" for s, t in links if not (0 <= s < cols and 0 <= t < rows)]
+    if outside:
+        raise ValueError(f"links {' '.join(outside[:5])} are outside the heatmap's {cols} source and {rows} output words")
+    fig.add_trace(go.Scatter(
+        x=[s for s, _ in links], y=[t for _, t in links], mode="markers", name=name, showlegend=True,
+        marker={"symbol": "square-open", "size": 11, "color": color, "line": {"width": 2}}, hoverinfo="skip",
+    ))
+    legend = {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.01, "yanchor": "top", "font": {"size": 10}}
+    if heatmap.colorbar.orientation == "h":  # compact: below the colour bar, in room added at the bottom
+        legend.update(yref="container", y=0, yanchor="bottom")
+        fig.update_layout(height=fig.layout.height + LEGEND_PX, margin={"b": fig.layout.margin.b + LEGEND_PX})
+    fig.update_layout(showlegend=True, legend=legend)  # (else below the plot: the colour bar is at its right)
     return fig
 
 

@@ -37,7 +37,8 @@ from nmt.checkpoint import (
     write_model_files,
 )
 from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
-from nmt.data import Batch, ParallelDataset, read_parallel, shard, tokenize_all, tokenize_pair_files
+from nmt.alignment import read_alignments
+from nmt.data import Batch, ParallelDataset, read_parallel, shard, tokenize_all, tokenize_pairs
 from nmt.device import pick_device
 from nmt.engines.int8 import INT8_MAX_BLEU_LOSS, int8_keeps_quality
 from nmt.engines.search_engine import Engines, SearchEngine
@@ -45,6 +46,7 @@ from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, DataError, NMTError
 from nmt.evaluation import corpus_scores, perplexity
 from nmt.model.seq2seq import Seq2Seq
+from nmt.preprocess import ShardedDataset
 from nmt.safe_io import atomic_output
 from nmt.tokenization import get_tokenizer
 from nmt.hub import MASKS_FILE
@@ -52,6 +54,7 @@ from nmt.inputs import SourceInputs
 from nmt.training.corpus import Vocabularies, build_vocabularies, coverage, unknown_filter
 from nmt.training.distributed import DistributedError, Processes
 from nmt.training.loss import output_positions, sequence_loss
+from nmt.training.guidance import AlignmentScore, alignment_loss, check_guidance, guidance_weight
 from nmt.training.fine_tune import STATE_FILE, check_fine_tuning, ignored_on_resume, is_resumable, model_folder
 from nmt.training.optim import (
     make_optimizer,
@@ -127,34 +130,70 @@ class Trainer:
             raise ValueError("--keep-checkpoints, --print-every and --curriculum must be at least 0, --save-every at least 1")
         self.masks: dict[str, torch.Tensor] = {}  # a pruned model's (nmt.training.prune): kept at 0 by every step
         self._pruning = None  # its config.json record, carried into every checkpoint written
+        self.train_links = self.valid_links = None  # word alignments per pair (--alignfile, --alignvalfile)
+        self._align_weight, self._align_sums = 0.0, [0.0, 0]  # this epoch's w_e; sum of G and linked rows
 
     # ---- setup -------------------------------------------------------------------------
     def _load_data(self, saved: Checkpoint | Vocabularies | None):
-        """Tokenize the data and index it with ``saved``'s vocabularies (a resumed run), else with new
-        ones built from the training data (words, and characters and feature values: ``nmt.inputs``)."""
+        """Read the data and index it with ``saved``'s vocabularies (a resumed or fine-tuned run), else
+        with new ones built from the training data (words, and characters and feature values: ``nmt.inputs``)."""
         d, m = self.data_cfg, self.model_cfg
-        for name in ("train_src", "train_tgt", "valid_src", "valid_tgt"):
+        required = ("valid_src", "valid_tgt") if d.data else ("train_src", "train_tgt", "valid_src", "valid_tgt")
+        for name in required:
             if not getattr(d, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required")
-        log.info("reading and tokenizing %s / %s", d.train_src, d.train_tgt)
-        src_tok, tgt_tok = tokenize_pair_files(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len,
-                                               m.src_features)
-        if saved is None:
-            saved = build_vocabularies(src_tok, tgt_tok, self.model_cfg, self.vocab_cfg)
+        check_guidance(d, m, self.cfg)
+        saved = self._preprocessed(saved) if d.data else self._raw_training_pairs(saved)
         self.src_vocab, self.tgt_vocab, self.chars, self.features = saved.src_vocab, saved.tgt_vocab, saved.chars, \
             saved.features
-        inputs = saved.inputs
+        self._validation_pairs(saved.inputs)
+        log.info("%d training pairs, %d validation pairs; vocabularies: %s source, %d target words",
+                 len(self.train_data), len(self.valid_data), saved.inputs.describe(), len(self.tgt_vocab))
+
+    def _raw_training_pairs(self, saved):
+        """``train_data`` from the raw files (tokenized now), and the vocabularies (``saved``'s, or new)."""
+        d, m = self.data_cfg, self.model_cfg
+        log.info("reading and tokenizing %s / %s", d.train_src, d.train_tgt)
+        src_all, tgt_all, keep = tokenize_pairs(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len,
+                                                m.src_features)
+        links = read_alignments(d.alignfile, [len(x) for x in src_all], [len(x) for x in tgt_all]) if d.alignfile else None
+        src_tok, tgt_tok = [src_all[i] for i in keep], [tgt_all[i] for i in keep]
+        if saved is None:
+            saved = build_vocabularies(src_tok, tgt_tok, m, self.vocab_cfg)
         src_keys = [keys for _, keys, _ in SourceInputs.parse_all(src_tok, m.src_features)]
         log.info("vocabularies cover %.2f%% of the training source tokens and %.2f%% of the target's",
-                 100 * coverage(src_keys, self.src_vocab), 100 * coverage(tgt_tok, self.tgt_vocab))
+                 100 * coverage(src_keys, saved.src_vocab), 100 * coverage(tgt_tok, saved.tgt_vocab))
         if d.unkfilter:
-            keep = unknown_filter(src_keys, tgt_tok, self.src_vocab, self.tgt_vocab, d.unkfilter)
-            log.info("--unkfilter %g: kept %d of %d training pairs", d.unkfilter, len(keep), len(src_tok))
-            if not keep:
+            kept = unknown_filter(src_keys, tgt_tok, saved.src_vocab, saved.tgt_vocab, d.unkfilter)
+            log.info("--unkfilter %g: kept %d of %d training pairs", d.unkfilter, len(kept), len(src_tok))
+            if not kept:
                 raise DataError(f"--unkfilter {d.unkfilter:g} drops every training pair")
-            src_tok, tgt_tok = [src_tok[i] for i in keep], [tgt_tok[i] for i in keep]
-        self.train_data = ParallelDataset([inputs.encode(s, f"{d.train_src} sentence {i + 1}") for i, s in enumerate(src_tok)],
-                                          [self.tgt_vocab.encode(t) for t in tgt_tok])
+            keep, src_tok, tgt_tok = [keep[i] for i in kept], [src_tok[i] for i in kept], [tgt_tok[i] for i in kept]
+        self.train_links = None if links is None else [links[i] for i in keep]  # (per training pair)
+        self.train_data = ParallelDataset([saved.inputs.encode(s, f"{d.train_src} sentence {i + 1}")
+                                           for i, s in enumerate(src_tok)], [saved.tgt_vocab.encode(t) for t in tgt_tok])
+        return saved
+
+    def _preprocessed(self, saved):
+        """``train_data`` from a ``python -m nmt preprocess`` folder, whose vocabularies a resumed or
+        fine-tuned run must share."""
+        d = self.data_cfg
+        if d.unkfilter:
+            raise ValueError("--unkfilter applies to raw training files, not to a --data folder (preprocess without it)")
+        data = ShardedDataset.open(d.data)
+        if (data.src_lang, data.tgt_lang) != (d.src_lang, d.tgt_lang):
+            raise ValueError(f"{d.data} holds {data.src_lang}-{data.tgt_lang} pairs, not {d.src_lang}-{d.tgt_lang} "
+                             "(--src-lang/--tgt-lang)")
+        if saved is None:
+            saved = data.vocabularies(self.model_cfg)
+        elif (saved.src_vocab.itos, saved.tgt_vocab.itos) != (data.src_vocab.itos, data.tgt_vocab.itos):
+            raise ValueError(f"{d.data} was preprocessed with other vocabularies than the checkpoint's")
+        self.train_data, self.train_links = data, None
+        return saved
+
+    def _validation_pairs(self, inputs) -> None:
+        """The validation pairs (raw files, tokenized now), their ids, and with ``--alignvalfile`` their links."""
+        d, m = self.data_cfg, self.model_cfg
         self.valid_raw_src, self.valid_raw_tgt = read_parallel(d.valid_src, d.valid_tgt)
         self.valid_src_tok = tokenize_all(self.valid_raw_src, d.src_lang, m.src_features == "inline")
         valid_tgt_tok = tokenize_all(self.valid_raw_tgt, d.tgt_lang)
@@ -164,8 +203,10 @@ class Trainer:
                             "(the files hold only blank lines)")
         self.valid_ids = [inputs.encode(t, f"{d.valid_src} line {i + 1}") for i, t in enumerate(self.valid_src_tok)]
         self.valid_data = ParallelDataset([self.valid_ids[i] for i in keep], [self.tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
-        log.info("%d training pairs, %d validation pairs; vocabularies: %s source, %d target words",
-                 len(self.train_data), len(self.valid_data), inputs.describe(), len(self.tgt_vocab))
+        self.valid_links = None
+        if d.alignvalfile:
+            links = read_alignments(d.alignvalfile, [len(x) for x in self.valid_src_tok], [len(x) for x in valid_tgt_tok])
+            self.valid_links = [links[i] for i in keep]
 
     def _setup(self) -> TrainerState:
         if self.cfg.train_from:
@@ -303,6 +344,7 @@ class Trainer:
         """One epoch; under torchrun this process's slices of the global batches, and the figures
         returned are those of all processes together."""
         self.model.train()
+        self._align_weight, self._align_sums = guidance_weight(self.cfg, epoch), [0.0, 0]
         in_order = epoch <= self.data_cfg.curriculum  # (seq2seq-attn: epochs 1..curriculum in length order)
         seed = self.cfg.seed + epoch
         if self.dist is None:
@@ -347,8 +389,12 @@ class Trainer:
             total_loss, total_nll, n_src, n_tgt = self.dist.all_sum([total_loss, total_nll, n_src, n_tgt])
             n_src, n_tgt = int(n_src), int(n_tgt)
         elapsed = time.perf_counter() - start
-        return {"train_loss": total_loss / n_tgt, "train_ppl": perplexity(-total_nll, n_tgt),
-                "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
+        record = {"train_loss": total_loss / n_tgt, "train_ppl": perplexity(-total_nll, n_tgt),
+                  "src_tokens_per_s": n_src / elapsed, "tgt_tokens_per_s": n_tgt / elapsed, "epoch_time_s": elapsed}
+        if self._align_weight:  # (process 0's share under torchrun)
+            record.update(train_align_loss=float(self._align_sums[0]) / max(self._align_sums[1], 1),
+                          align_weight=self._align_weight)
+        return record
 
     def _slices(self, chunks: list[list[int]]) -> list[tuple[Batch, float]]:
         """This process's slice of each global batch, with the factor of its summed loss:
@@ -362,29 +408,32 @@ class Trainer:
             out.append((self.train_data.make_batch(part or chunk[:1]), world / len(chunk) if part else 0.0))
         return out
 
-    def _logits(self, src, src_lengths, tgt_in, positions) -> torch.Tensor:
-        """The training forward: logits at ``positions``."""
+    def _forward(self, src, src_lengths, tgt_in, positions) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training forward: logits at ``positions``, and the attention (batch, tgt_len, src_len)."""
         if TeacherForcing.supports(self.device, self.cfg.scheduled_sampling):  # (the CPU engine: same gradients)
-            logits, _ = self.teacher_forcing.forward(self.model, src, src_lengths, tgt_in, positions)
-        else:
-            logits, _ = self.model(src, src_lengths, tgt_in, self.cfg.scheduled_sampling, only=positions)
-        return logits
+            return self.teacher_forcing.forward(self.model, src, src_lengths, tgt_in, positions)
+        return self.model(src, src_lengths, tgt_in, self.cfg.scheduled_sampling, only=positions)
 
     def train_step(self, batch: Batch, loss_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One update; returns the batch's summed loss and NLL as (detached) device scalars.
         ``loss_scale`` (under torchrun): the factor of the summed loss (see ``_slices``); None: one
         process, the loss divided by the batch's sentences."""
         positions = output_positions(batch.tgt_out != PAD_ID, self.row_multiple)
-        forward = self._logits if self._ddp is None else self._ddp  # (DDP: its forward arms the gradient all-reduce)
+        forward = self._forward if self._ddp is None else self._ddp  # (DDP: its forward arms the gradient all-reduce)
         with self._autocast():
-            logits = forward(batch.src, batch.src_lengths, batch.tgt_in, positions)
+            logits, attention = forward(batch.src, batch.src_lengths, batch.tgt_in, positions)
         # (sequence_loss drops the padding targets of the rounding rows, which come last)
         loss, nll = sequence_loss(logits, batch.tgt_out.flatten()[positions], self.cfg.label_smoothing)
+        total = loss
+        if self._align_weight:  # guided alignment (nmt.training.guidance): L = CE + w_e G
+            guide, rows = alignment_loss(attention, self.train_links, batch)
+            total = loss + self._align_weight * guide
+            self._align_sums[0], self._align_sums[1] = self._align_sums[0] + guide.detach(), self._align_sums[1] + rows
         self.optimizer.zero_grad(set_to_none=True)
         if loss_scale is None:
-            (loss / batch.src.size(0)).backward()
+            (total / batch.src.size(0)).backward()
         else:
-            (loss * loss_scale).backward()
+            (total * loss_scale).backward()
             if loss_scale == 0:
                 loss, nll = loss * 0, nll * 0
         step_with_clipping(self.optimizer, list(self.model.parameters()), self.cfg.max_grad_norm)
@@ -396,19 +445,22 @@ class Trainer:
     def validate(self) -> dict:
         self.model.eval()
         total, tokens = 0.0, 0
+        aligned = AlignmentScore() if self.valid_links is not None else None
         for batch in self.valid_data.batches(64, shuffle=False):
             batch = batch.to(self.device)
             with self._autocast():
-                logits, _ = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+                logits, attention = self.model(batch.src, batch.src_lengths, batch.tgt_in)
             total -= float(sequence_loss(logits, batch.tgt_out, 0.0)[1])
             tokens += batch.n_tgt_tokens
+            if aligned is not None:
+                aligned.add(attention, self.valid_links, batch)
         n = self.cfg.valid_bleu_sents or len(self.valid_src_tok)
         hyps = self._validation_search().search_ids(self.valid_ids[:n], DecodeConfig(beam_size=1, batch_size=64))
         detok = get_tokenizer(self.data_cfg.tgt_lang).detokenize
         texts = [detok(self.tgt_vocab.decode(h[0].tokens)) if h else "" for h in hyps]
         bleu = corpus_scores(texts, self.valid_raw_tgt[:n]).bleu
         self.model.train()
-        return {"valid_ppl": perplexity(total, tokens), "valid_bleu": bleu}
+        return {"valid_ppl": perplexity(total, tokens), "valid_bleu": bleu, **(aligned.result() if aligned else {})}
 
     def _validation_search(self) -> SearchEngine:
         """Made once for the model (it keeps a CPU trace, or on a GPU the search's CUDA graphs,
@@ -550,7 +602,7 @@ class Trainer:
         log.info("model: %d parameters on %s%s", self.model.num_parameters(), self.device, " (bf16 autocast)" if self.amp else "")
         if self.dist is not None:
             self._agree(state)
-            self._ddp = self.dist.wrap(_TrainingForward(self.model, self._logits))
+            self._ddp = self.dist.wrap(_TrainingForward(self.model, self._forward))
             log.info("data parallel over %d processes: %s sentences a batch in all (about %d a process); "
                      "process 0 validates and writes %s", self.dist.world_size, self.data_cfg.batch_size,
                      -(-self.data_cfg.batch_size // self.dist.world_size), self.save_dir)
@@ -668,10 +720,10 @@ class _TrainingForward(torch.nn.Module):
     gradients; it holds the model (so DDP sees its parameters) and calls the trainer's forward,
     the CPU teacher-forcing engine included (its gradients reach the parameters as autograd's do)."""
 
-    def __init__(self, model: Seq2Seq, logits: Callable[..., torch.Tensor]):
+    def __init__(self, model: Seq2Seq, forward: Callable[..., tuple]):
         super().__init__()
         self.model = model
-        self._logits = logits
+        self._forward = forward
 
     def forward(self, src, src_lengths, tgt_in, positions):
-        return self._logits(src, src_lengths, tgt_in, positions)
+        return self._forward(src, src_lengths, tgt_in, positions)
