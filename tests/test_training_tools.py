@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from collections import Counter
 
 import pytest
@@ -64,6 +65,15 @@ def test_fine_tuning_continues_from_the_weights_with_new_settings(corpus, run, t
     assert start.keys() == tuned.keys() and any(not torch.equal(start[k], tuned[k]) for k in start)
     saved = json.loads((tmp_path / "tuned/last/config.json").read_text())
     assert saved["train"]["optim"] == "sgd" and saved["model"] == json.loads((run / "last/config.json").read_text())["model"]
+
+
+def test_a_fine_tuned_model_keeps_its_decoding_defaults(corpus, run, tmp_path):
+    start = tmp_path / "start"
+    shutil.copytree(run / "best", start)
+    config = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**config, "decode": {"beam_size": 3, "length_penalty": 0.5}}))
+    make(corpus, tmp_path / "tuned", train_from=str(start)).run()
+    assert json.loads((tmp_path / "tuned/best/config.json").read_text())["decode"] == {"beam_size": 3, "length_penalty": 0.5}
 
 
 def test_fine_tuning_refuses_a_new_architecture_vocabulary_or_its_own_folder(corpus, run, tmp_path):

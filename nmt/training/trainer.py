@@ -130,6 +130,7 @@ class Trainer:
             raise ValueError("--keep-checkpoints, --print-every and --curriculum must be at least 0, --save-every at least 1")
         self.masks: dict[str, torch.Tensor] = {}  # a pruned model's (nmt.training.prune): kept at 0 by every step
         self._pruning = None  # its config.json record, carried into every checkpoint written
+        self._decode = None  # a fine-tuned checkpoint's decoding defaults (config.json "decode"), carried too
         self.train_links = self.valid_links = None  # word alignments per pair (--alignfile, --alignvalfile)
         self._align_weight, self._align_sums = 0.0, [0.0, 0]  # this epoch's w_e; sum of G and linked rows
 
@@ -234,6 +235,8 @@ class Trainer:
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.model, self.model_cfg = ckpt.model.train(), ckpt.model.cfg
+        decode = ckpt.extra.get("decode")
+        self._decode = {k: v for k, v in decode.items() if k != "lexicon"} if isinstance(decode, dict) else None
         self._load_data(ckpt)
         self._load_masks(start, ckpt)
         self._pretrained_vectors()
@@ -492,6 +495,8 @@ class Trainer:
                  "checkpoint": {"epoch": self._epoch}}
         if self._pruning is not None:
             extra["pruning"] = self._pruning
+        if self._decode is not None:  # (not its lexicon file, which this folder does not hold)
+            extra["decode"] = self._decode
         return Checkpoint(self.model, self.src_vocab, self.tgt_vocab, self.data_cfg.src_lang, self.data_cfg.tgt_lang, extra,
                           chars=self.chars, features=self.features)
 
