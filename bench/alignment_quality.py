@@ -1,6 +1,8 @@
 """How well a model's attention agrees with a word aligner: the alignment error rate (Och & Ney 2003)
 of the attention's argmax links, teacher-forced on the references, against eflomal's links
-(``scripts/align_multi30k.sh``), and the model's test BLEU.
+(``scripts/align_multi30k.sh``), and the model's test BLEU. Word t's links are read from the attention
+of the step that predicts it (as guided alignment trains it), and also from the step after, which
+reads word t: an unguided input-feeding model may attend to what it has just written.
 
     python bench/alignment_quality.py --model checkpoints/de-en-general checkpoints/de-en-dot ...
 
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared/data/multi30k"
 
 
-def aer(tr: Translator, data: Path, alignments: Path, split: str = "val") -> float:
+def aer(tr: Translator, data: Path, alignments: Path, split: str = "val") -> tuple[float, float]:
     src_lang, tgt_lang = tr.checkpoint.src_lang, tr.checkpoint.tgt_lang
     sources, references = read_parallel(data / f"{split}.{src_lang}.gz", data / f"{split}.{tgt_lang}.gz")
     src_tok, tgt_tok = tokenize_all(sources, src_lang), tokenize_all(references, tgt_lang)
@@ -37,7 +39,10 @@ def aer(tr: Translator, data: Path, alignments: Path, split: str = "val") -> flo
     keep = [i for i in range(len(sources)) if src_tok[i] and tgt_tok[i]]
     scored = tr.score([sources[i] for i in keep], [tgt_tok[i] for i in keep], alternatives=0)
     found = [attention_links(s.attention, len(s.src_tokens), len(s.tokens)) for s in scored]
-    return alignment_error_rate(found, [sure[i] for i in keep])
+    # The step after: the attention of the step that reads word t (and predicts word t + 1).
+    after = [attention_links(s.attention[1:], len(s.src_tokens), len(s.tokens)) for s in scored]
+    sure = [sure[i] for i in keep]
+    return alignment_error_rate(found, sure), alignment_error_rate(after, sure)
 
 
 def test_bleu(tr: Translator, data: Path) -> float:
@@ -53,11 +58,12 @@ def main() -> None:
     p.add_argument("--data", default=str(SHARED))
     p.add_argument("--alignments", default=str(ROOT / "alignments"))
     args = p.parse_args()
-    print(f"CPU: {cpu_description()}\n\n| model | val AER | test BLEU |\n|---|---:|---:|", flush=True)
+    print(f"CPU: {cpu_description()}\n\n| model | val AER | val AER, the step after | test BLEU |\n|---|---:|---:|---:|",
+          flush=True)
     for model in args.model:
         tr = Translator.load(model, device="cpu")
-        print(f"| {model} | {aer(tr, Path(args.data), Path(args.alignments)):.3f} | {test_bleu(tr, Path(args.data)):.2f} |",
-              flush=True)
+        own, after = aer(tr, Path(args.data), Path(args.alignments))
+        print(f"| {model} | {own:.3f} | {after:.3f} | {test_bleu(tr, Path(args.data)):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

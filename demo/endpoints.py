@@ -23,7 +23,7 @@ from demo.checks import (
     status_html,
 )
 from nmt import Candidate, NMTError, Translation, Translator
-from nmt.serving import catalog, plots
+from nmt.serving import alignments, catalog, plots
 from nmt.serving.unk import Replacement
 
 logger = logging.getLogger("nmt.app")
@@ -32,9 +32,12 @@ logger = logging.getLogger("nmt.app")
 # ----------------------------------------------------------------------------- results as JSON
 def sentence_result(r: Translation, translator: Translator, compact: bool = False) -> dict:
     """One sentence's translation, n-best list, UNK replacements and attention figure, JSON-ready
-    (``compact``: a heatmap for a narrow column)."""
-    figure = (json.loads(plots.attention_figure(r, compact=compact).to_json())
-              if r.attention is not None and r.tokens else None)
+    (``compact``: a heatmap for a narrow column); a word aligner's links drawn on it where the pair is known
+    (``nmt.serving.alignments``: a data sentence translated as its reference)."""
+    fig = plots.attention_figure(r, compact=compact) if r.attention is not None and r.tokens else None
+    ckpt = translator.checkpoint
+    links = alignments.mark_known_links(fig, ckpt.src_lang, ckpt.tgt_lang, r.src_tokens, r.tokens) if fig else None
+    figure = json.loads(fig.to_json()) if fig else None
     return {
         "source": r.source, "src_tokens": r.src_tokens, "translation": r.text, "tokens": r.tokens,
         "score": round(float(r.score), 4),
@@ -43,6 +46,7 @@ def sentence_result(r: Translation, translator: Translator, compact: bool = Fals
         "unknown_source_words": list(dict.fromkeys(translator.checkpoint.inputs.unknown(r.src_tokens))),
         "attention_figure": figure,
         "attention_note": None if figure else _no_attention_note(translator),
+        "alignment_links": [list(link) for link in links] if links else None,
     }
 
 
@@ -86,7 +90,8 @@ def translate(text: str, direction: str | None = None, attention: str = "general
             "translation", "tokens", "score", "n_best": [{"text", "score", "tokens", "unk_replacements", "attention"
             (output x source weights, or null)}], "unk_replacements": [{"position",
             "source_position", "source_word", "word"}], "unknown_source_words", "attention_figure" (Plotly
-            figure JSON, or null), "attention_note"}]}.
+            figure JSON, or null), "attention_note", "alignment_links" ([source, output] positions of a word
+            aligner's links, drawn on the figure, when the pair is an aligned one of the data; else null)}]}.
     """
     started, notes = time.perf_counter(), []
     try:

@@ -28,7 +28,7 @@ from demo.checks import (
 from demo.endpoints import replacements_json
 from nmt import EngineConfig, NMTError, Translation, Translator
 from nmt.search.tree import BeamTree
-from nmt.serving import plots
+from nmt.serving import alignments, plots
 from nmt.serving.inspection import judge
 from nmt.serving.scoring import Scored
 
@@ -97,20 +97,32 @@ def tree_json(tree: BeamTree) -> dict:
             "figure": figure_json(plots.beam_tree_figure(tree))}
 
 
-def scored_json(s: Scored, words: list[str] | None = None) -> dict:
-    """A forced decoding: each token (and </s>) with its probability and the words the model preferred."""
+def scored_json(s: Scored, words: list[str] | None = None, langs: tuple[str, str] | None = None) -> dict:
+    """A forced decoding: each token (and </s>) with its probability and the words the model preferred
+    (``langs``: source and target language, to draw a word aligner's links where the pair is known)."""
     tokens = s.tokens + ["</s>"]
     return {"translation": s.translation, "tokens": s.tokens, "words": (words or s.tokens) + ["</s>"],
             "token_log_probs": s.token_log_probs, "log_prob": s.log_prob, "score": s.score,
             "alternatives": [[{"word": w, "prob": p} for w, p in alts] for alts in s.alternatives],
-            "attention_figure": attention_json(s.source, s.src_tokens, s.translation, tokens, s.score, s.attention)}
+            "attention_figure": attention_json(s.source, s.src_tokens, s.translation, tokens, s.score, s.attention,
+                                               langs=langs, words=words or s.tokens)}
 
 
-def attention_json(source, src_tokens, text, tokens, score, attention, replacements=()) -> dict | None:
+def attention_json(source, src_tokens, text, tokens, score, attention, replacements=(), langs=None,
+                   words=None) -> dict | None:
+    """The heatmap as JSON; with ``langs``, a word aligner's links on it where (``src_tokens``, ``words``:
+    the output's words, default ``tokens``) is a known pair (``nmt.serving.alignments``)."""
     if attention is None or not tokens:
         return None
-    return figure_json(plots.attention_figure(Translation(source, src_tokens, text, tokens, score, attention=attention,
-                                                          replacements=list(replacements))))
+    fig = plots.attention_figure(Translation(source, src_tokens, text, tokens, score, attention=attention,
+                                             replacements=list(replacements)))
+    if langs:
+        alignments.mark_known_links(fig, *langs, src_tokens, tokens if words is None else words)
+    return figure_json(fig)
+
+
+def languages(translator: Translator) -> tuple[str, str]:
+    return translator.checkpoint.src_lang, translator.checkpoint.tgt_lang
 
 
 def model_json(model: dict) -> dict:
@@ -147,7 +159,7 @@ def beam_tree(text: str, direction: str | None = None, attention: str = "general
                    f"{kept} kept or finished")
         return message, notes + more, {"model": model_json(model), "sentence": sentence, "src_tokens": tree.src_tokens,
                                        "translation": tree.translation, "tokens": tokens, "score": best.score,
-                                       "tree": tree_json(tree), "best": scored_json(best)}
+                                       "tree": tree_json(tree), "best": scored_json(best, langs=languages(translator))}
     return answer("beam_tree", work)
 
 
@@ -185,7 +197,8 @@ def what_if(text: str, direction: str | None = None, attention: str = "general",
             "tokens": changed.tokens, "forced": changed.forced, "score": changed.score,
             "unk_replacements": replacements_json(changed.replacements),
             "attention_figure": attention_json(sentence, changed.src_tokens, changed.text, changed.tokens,
-                                               changed.score, changed.attention, changed.replacements),
+                                               changed.score, changed.attention, changed.replacements,
+                                               langs=languages(translator)),
             "original": {"translation": original.text, "score": original.score}, "difference": difference,
             "tree": tree_json(tree)}
     return answer("what_if", work)
@@ -225,7 +238,8 @@ def score(text: str, direction: str | None = None, attention: str = "general", h
         return f"Scored your translation with {model['name']}: {verdict.kind}", notes + more, {
             "model": model_json(model), "sentence": sentence, "verdict": verdict.kind, "message": verdict.message,
             "difference": verdict.difference, "unknown_words": list(dict.fromkeys(unknown)),
-            "yours": scored_json(verdict.yours, words), "model_best": scored_json(verdict.best)}
+            "yours": scored_json(verdict.yours, words, languages(translator)),
+            "model_best": scored_json(verdict.best, langs=languages(translator))}
     return answer("score", work)
 
 

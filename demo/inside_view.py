@@ -10,6 +10,7 @@ import gradio as gr
 
 from demo.render import plot_value
 from nmt.search.tree import BeamTree, Node
+from nmt.serving.alignments import caption
 from nmt.serving.inspection import path_tokens
 from nmt.tokenization import get_tokenizer
 
@@ -21,7 +22,7 @@ def _lang(result: dict | None) -> str:
 
 
 def _plot(figure: dict | None, label: str):
-    return gr.Plot(value=plot_value(figure), visible=figure is not None, label=label)
+    return gr.Plot(value=plot_value(figure), visible=figure is not None, label=caption(label, figure))
 
 
 # ----------------------------------------------------------------------------- words and their probabilities

@@ -12,7 +12,7 @@ from gradio.components.plot import PlotData
 from demo.checks import MAX_SENTENCES
 from nmt import Translation
 from nmt.config import ATTENTION_KINDS
-from nmt.serving import plots
+from nmt.serving import alignments, plots
 from nmt.serving.unk import Replacement
 from nmt.tokenization import get_tokenizer
 
@@ -65,8 +65,9 @@ def _as_row(candidate: dict) -> dict:
             "unk_replacements": candidate.get("unk_replacements", [])}
 
 
-def candidate_figure(row: dict, rank: int) -> dict | None:
-    """The attention heatmap (Plotly JSON) of the n-best candidate ``rank`` (0: the best) of a /translate sentence."""
+def candidate_figure(row: dict, rank: int, langs: tuple[str, str] | None = None) -> dict | None:
+    """The attention heatmap (Plotly JSON) of the n-best candidate ``rank`` (0: the best) of a /translate sentence,
+    with a word aligner's links where ``langs`` (source, target language) are given and the pair is known."""
     if rank == 0 or rank >= len(row["n_best"]):
         return row["attention_figure"]
     c = row["n_best"][rank]
@@ -75,7 +76,10 @@ def candidate_figure(row: dict, rank: int) -> dict | None:
     marks = [Replacement(**x) for x in c["unk_replacements"]]
     translation = Translation(row["source"], row["src_tokens"], c["text"], c["tokens"], c["score"],
                               attention=np.asarray(c["attention"]), replacements=marks)
-    return json.loads(plots.attention_figure(translation, title=f"Alternative {rank + 1}").to_json())
+    fig = plots.attention_figure(translation, title=f"Alternative {rank + 1}")
+    if langs:
+        alignments.mark_known_links(fig, *langs, row["src_tokens"], c["tokens"])
+    return json.loads(fig.to_json())
 
 
 def pick_candidate(slot: int):
@@ -84,8 +88,10 @@ def pick_candidate(slot: int):
         rows = (result or {}).get("sentences") or []
         if slot >= len(rows) or rank is None:
             return gr.update()
-        figure = candidate_figure(rows[slot], int(rank) - 1)
-        return gr.Plot(value=plot_value(figure), visible=figure is not None)
+        model = (result or {}).get("model") or {}
+        figure = candidate_figure(rows[slot], int(rank) - 1, (model.get("src_lang", ""), model.get("tgt_lang", "")))
+        return gr.Plot(value=plot_value(figure), visible=figure is not None,
+                       label=alignments.caption(f"Attention, sentence {slot + 1}", figure))
     return show
 
 
@@ -107,7 +113,7 @@ def render_translation(result: dict | None) -> list:
                     sentence_html(row, i + 1, tgt_lang) if row else "",
                     gr.Radio(choices=[(f"#{r}", r) for r in range(1, n + 1)], value=1, visible=n > 1 and figure is not None),
                     gr.Plot(value=plot_value(figure), visible=figure is not None,
-                            label=f"Attention, sentence {i + 1}")]
+                            label=alignments.caption(f"Attention, sentence {i + 1}", figure))]
     return updates
 
 
@@ -120,7 +126,8 @@ def render_comparison(result: dict | None) -> list:
         row = rows.get(kind)
         figure = row.get("attention_figure") if row else None
         updates += [gr.Column(visible=row is not None), comparison_html(row, tgt_lang) if row else "",
-                    gr.Plot(value=plot_value(figure), visible=figure is not None, label=f"{kind} attention")]
+                    gr.Plot(value=plot_value(figure), visible=figure is not None,
+                            label=alignments.caption(f"{kind} attention", figure))]
     return updates + [gr.Tabs(selected="compare") if rows else gr.update()]
 
 
