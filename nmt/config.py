@@ -77,6 +77,8 @@ class ModelConfig:
     layers: int = _help("LSTM layers in the encoder and in the decoder", default=1)
     brnn: bool = _help("bidirectional encoder", default=True)
     reverse_src: bool = _help("encode the source reversed (Sutskever et al.)", default=False)
+    start_symbol: bool = _help("the encoder reads <s> source </s> (seq2seq-attn -start_symbol); attention stays "
+                               "over the source words (word inputs only)", default=False)
     attention: str = _help("global attention kind", default="general", meta={"choices": ATTENTION_KINDS})
     input_feed: bool = _help("Luong input feeding (ignored with attention none)", default=True)
     init_dec: bool = _help("initialise the decoder from the encoder's final state (else zeros)", default=True)
@@ -138,6 +140,9 @@ class ModelConfig:
         self._validate_inputs()
 
     def _validate_inputs(self) -> None:
+        if self.start_symbol and (self.use_chars_enc or self.src_features):
+            raise ValueError("--start-symbol reads the source's <s> and </s> as words: not with --use-chars-enc "
+                             "or --src-features")
         if self.src_features not in FEATURE_MODES:
             raise ValueError(f"--src-features must be one of {FEATURE_MODES}, got {self.src_features!r}")
         if self.use_chars_dec and self.tie_embeddings:

@@ -36,8 +36,9 @@ OPTIONS = {
     "all_at_once": dict(rnn_type="gru", res_net=True, layers=2, multi_attn=1, brnn_merge="sum", enc_hidden=48,
                         bridge=True, reverse_src=True, attention="concat"),
     "bahdanau_gru_res": dict(decoder="bahdanau", rnn_type="gru", res_net=True, layers=2, reverse_src=True),
+    "start_symbol": dict(start_symbol=True, reverse_src=True, layers=2),
 }
-NEW_FIELDS = ("rnn_type", "res_net", "multi_attn", "brnn_merge", "enc_hidden", "decoder")
+NEW_FIELDS = ("rnn_type", "res_net", "multi_attn", "brnn_merge", "enc_hidden", "decoder", "start_symbol")
 TRAIN_PAIRS = PAIRS[:12]
 SOURCES = [s for s, _ in TRAIN_PAIRS]
 _CACHE: dict = {}
@@ -207,8 +208,27 @@ def test_residual_layers_add_their_input(rnn_type):
     assert torch.equal(memory, top)
 
 
+def test_the_start_symbol_is_read_but_not_attended_to():
+    """seq2seq-attn's -start_symbol: the encoder reads <s> w1 .. wn </s>; the memory holds the words'
+    states (those of an encoder fed the bounded ids by hand), and attention spans the words only."""
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny_config("general", src_vocab=20, tgt_vocab=20, start_symbol=True, layers=2)).eval()
+    src, lengths = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]]), torch.tensor([4, 2])
+    memory, (h, _) = model.encoder(src, lengths)
+    model.encoder.start_symbol = False
+    bounded = torch.tensor([[2, 5, 6, 7, 8, 3], [2, 9, 10, 3, 0, 0]])
+    by_hand, (h_by_hand, _) = model.encoder(bounded, lengths + 2)
+    model.encoder.start_symbol = True
+    assert memory.shape == (2, 4, 64) and torch.equal(memory, by_hand[:, 1:5]) and torch.equal(h, h_by_hand)
+    _, attention, _ = model.step(torch.tensor([2, 2]), model.encode(src, lengths))
+    assert attention.shape == (2, 4) and torch.all(attention[1, 2:] == 0)
+    with pytest.raises(ValueError, match="--start-symbol"):
+        Seq2Seq(tiny_config("general", src_vocab=20, tgt_vocab=20, start_symbol=True, src_features="case"))
+
+
 @pytest.mark.parametrize("options", [{}, dict(layers=2, reverse_src=True), dict(layers=2, rnn_type="gru"),
-                                     dict(layers=2, brnn_merge="sum", res_net=True)])
+                                     dict(layers=2, brnn_merge="sum", res_net=True),
+                                     dict(layers=2, start_symbol=True)])
 def test_layer_outputs_end_with_the_memory(options):
     """``encoder.layer_outputs`` is every layer's output for extraction; the stacked nn.LSTM's layers
     (today's checkpoints) are run one at a time with the same weights."""

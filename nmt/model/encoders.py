@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from nmt.model.dropout import Dropout
 from nmt.model.embeddings import WordEmbeddings
 from nmt.model.rnn import RNNS
+from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 
 def reverse_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -38,9 +39,9 @@ class RNNEncoder(nn.Module):
 
     def __init__(self, embeddings: WordEmbeddings, hidden: int, layers: int, brnn: bool,
                  dropout: float, reverse_src: bool = False, rnn_type: str = "lstm",
-                 brnn_merge: str = "concat", res_net: bool = False):
+                 brnn_merge: str = "concat", res_net: bool = False, start_symbol: bool = False):
         super().__init__()
-        self.embeddings = embeddings
+        self.embeddings, self.start_symbol = embeddings, start_symbol
         self.brnn, self.layers, self.reverse_src = brnn, layers, reverse_src
         self.rnn_type, self.merge, self.res_net = rnn_type, brnn_merge if brnn else "concat", res_net
         rnn, size = RNNS[rnn_type], hidden // 2 if brnn and self.merge == "concat" else hidden
@@ -54,6 +55,8 @@ class RNNEncoder(nn.Module):
         self.output_size = hidden
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor):
+        width = src.size(1)
+        src, lengths = self._bounded(src, lengths)
         idx = reverse_index(lengths, src.size(1)) if self.reverse_src else None  # (batch, src_len)
         emb = self.embeddings(_aligned(src, idx))  # (batch, src_len, emb); reversed: the same gather undoes it
         if hasattr(self, "rnn"):
@@ -63,15 +66,29 @@ class RNNEncoder(nn.Module):
         else:
             outputs, h, c = self._run_layers(emb, lengths.cpu(), train=True)
             memory = outputs[-1]
-        return _aligned(memory, idx), (h, c)
+        return self._words(_aligned(memory, idx), width), (h, c)
 
     def layer_outputs(self, src: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's output (batch, src_len, size), aligned with the source positions, the last
         being the memory (in eval mode: a stacked ``rnn``'s dropout between layers is not applied)."""
+        width = src.size(1)
+        src, lengths = self._bounded(src, lengths)
         idx = reverse_index(lengths, src.size(1)) if self.reverse_src else None
         emb = self.embeddings(_aligned(src, idx))
         outputs, _, _ = self._run_layers(emb, lengths.cpu(), train=not hasattr(self, "rnn"))
-        return [_aligned(x, idx) for x in outputs]
+        return [self._words(_aligned(x, idx), width) for x in outputs]
+
+    def _bounded(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``start_symbol`` (seq2seq-attn): each source read as <s> w1 .. wn </s>, (batch, src_len + 2)."""
+        if not self.start_symbol:
+            return src, lengths
+        out = nn.functional.pad(src, (1, 1), value=PAD_ID)
+        out[:, 0] = BOS_ID
+        return out.scatter(1, (lengths + 1).unsqueeze(1), EOS_ID), lengths + 2
+
+    def _words(self, states: torch.Tensor, width: int) -> torch.Tensor:
+        """The states of the source words (batch, src_len, size): the boundaries are read, not attended to."""
+        return states[:, 1:width + 1] if self.start_symbol else states
 
     def _run_layers(self, x: torch.Tensor, lengths: torch.Tensor, train: bool):
         """The layers one at a time over x (batch, src_len, emb): each layer's output, the final

@@ -23,7 +23,7 @@ class Seq2Seq(nn.Module):
         self.cfg = cfg
         src_emb, tgt_emb = source_input(cfg), target_input(cfg)
         self.encoder = RNNEncoder(src_emb, cfg.encoder_size, cfg.layers, cfg.brnn, cfg.dropout, cfg.reverse_src,
-                                  cfg.rnn_type, cfg.brnn_merge, cfg.res_net)
+                                  cfg.rnn_type, cfg.brnn_merge, cfg.res_net, cfg.start_symbol)
         self.decoder = make_decoder(cfg, tgt_emb, self.encoder.output_size)
         if cfg.init_dec and cfg.bridge:  # one linear map for h (and one for an LSTM's c), encoder -> decoder size
             states = 2 if cfg.rnn_type == "lstm" else 1
