@@ -220,6 +220,11 @@ class TrainConfig:
                                   "nmt average)", default=0)
     save_every: int = _help("with --keep-checkpoints: keep every Nth epoch's checkpoint", default=1)
     print_every: int = _help("log the running loss every N batches (0: the progress bar only)", default=0)
+    track_sentences: int = _help("after every epoch, record the greedy translation and attention of the first N "
+                                 "validation sentences (tracked.jsonl: the app shows attention forming; 0: none)",
+                                 default=3)
+    track_file: str = _help("sentences to track instead of the first validation ones (one per line, raw text)",
+                            default="")
     guided_alignment: bool = _help("add a loss between the attention and --alignfile's links (Chen et al. 2016)",
                                    default=False)
     guided_alignment_weight: float = _help("the alignment loss's weight at epoch 1", default=0.5)

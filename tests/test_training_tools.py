@@ -253,3 +253,23 @@ def test_preprocessed_data_trains_to_the_same_model_as_raw_text(corpus, tmp_path
     assert raw.keys() == pre.keys() and all(torch.equal(raw[k], pre[k]) for k in raw)
     with pytest.raises(ValueError, match="not en-de"):
         make(corpus, tmp_path / "x", data={"data": str(tmp_path / "pre"), "src_lang": "en", "tgt_lang": "de"}).run()
+
+
+def test_training_tracks_a_few_sentences_epoch_by_epoch(corpus, tmp_path):
+    make(corpus, tmp_path / "r", epochs=2, track_sentences=2).run()
+    lines = [json.loads(x) for x in (tmp_path / "r/tracked.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and all(len(r["sentences"]) == 2 for r in lines)
+    assert lines[0]["sentences"][0]["source"] == lines[1]["sentences"][0]["source"]
+    for r in lines:
+        for s in r["sentences"]:
+            assert len(s["attention"]) == len(s["translation"]) and all(len(row) == len(s["source"]) for row in s["attention"])
+    best_epoch = json.loads((tmp_path / "r/best/config.json").read_text())["checkpoint"]["epoch"]
+    assert len((tmp_path / "r/best/tracked.jsonl").read_text().splitlines()) == best_epoch
+    make(corpus, tmp_path / "x", epochs=3, train_from=str(tmp_path / "r")).run()  # (resumed: the record goes on)
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "r/tracked.jsonl").read_text().splitlines()] == [1, 2, 3]
+    (tmp_path / "mine.txt").write_text("Ein Hund läuft.\n\nZwei Männer.\n")
+    make(corpus, tmp_path / "f", track_file=str(tmp_path / "mine.txt")).run()
+    [record] = [json.loads(x) for x in (tmp_path / "f/tracked.jsonl").read_text().splitlines()]
+    assert [s["source"] for s in record["sentences"]] == [["Ein", "Hund", "läuft", "."], ["Zwei", "Männer", "."]]
+    make(corpus, tmp_path / "none", track_sentences=0).run()
+    assert not (tmp_path / "none/tracked.jsonl").exists()

@@ -54,6 +54,7 @@ from nmt.inputs import SourceInputs
 from nmt.training.corpus import Vocabularies, build_vocabularies, coverage, unknown_filter
 from nmt.training.distributed import DistributedError, Processes
 from nmt.training.loss import output_positions, sequence_loss
+from nmt.training.tracking import TRACKED_FILE, epoch_record, tracked_sentences, write_tracked
 from nmt.training.guidance import AlignmentScore, alignment_loss, check_guidance, guidance_weight
 from nmt.training.fine_tune import STATE_FILE, check_fine_tuning, ignored_on_resume, is_resumable, model_folder
 from nmt.training.optim import (
@@ -98,6 +99,7 @@ class TrainerState:
     prev_valid_ppl: float | None = None
     history: list | None = None
     world_size: int = 1  # processes that trained the last epoch (torchrun); older checkpoints: 1
+    tracked: list | None = None  # per epoch, the tracked sentences' greedy translations and attention
 
 
 class Trainer:
@@ -133,6 +135,7 @@ class Trainer:
         self._decode = None  # a fine-tuned checkpoint's decoding defaults (config.json "decode"), carried too
         self.train_links = self.valid_links = None  # word alignments per pair (--alignfile, --alignvalfile)
         self._align_weight, self._align_sums = 0.0, [0.0, 0]  # this epoch's w_e; sum of G and linked rows
+        self._tracked_ids = None  # (source tokens, ids) of the sentences --track-sentences follows
 
     # ---- setup -------------------------------------------------------------------------
     def _load_data(self, saved: Checkpoint | Vocabularies | None):
@@ -203,6 +206,7 @@ class Trainer:
             raise DataError(f"{d.valid_src} / {d.valid_tgt}: no validation pair has words on both sides "
                             "(the files hold only blank lines)")
         self.valid_ids = [inputs.encode(t, f"{d.valid_src} line {i + 1}") for i, t in enumerate(self.valid_src_tok)]
+        self.src_vocab_inputs = inputs  # (how a source is read: for --track-file's sentences)
         self.valid_data = ParallelDataset([self.valid_ids[i] for i in keep], [self.tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
         self.valid_links = None
         if d.alignvalfile:
@@ -501,10 +505,25 @@ class Trainer:
                           chars=self.chars, features=self.features)
 
     def _write_model(self, folder: Path, metrics: Path | None = None) -> None:
-        """A model folder of the current weights (with a pruned model's masks)."""
+        """A model folder of the current weights (with a pruned model's masks and the tracked sentences)."""
         write_model_files(folder, self._checkpoint(), metrics=metrics)
+        if metrics is not None and (self.save_dir / TRACKED_FILE).is_file():
+            shutil.copyfile(self.save_dir / TRACKED_FILE, folder / TRACKED_FILE)
         if self.masks:
             save_file({k: m.cpu() for k, m in self.masks.items()}, str(folder / MASKS_FILE))
+
+    def _track(self, state: TrainerState, epoch: int) -> None:
+        """``--track-sentences``: this epoch's greedy translations and attention of the tracked sentences,
+        appended to ``tracked.jsonl`` (``nmt.training.tracking``)."""
+        if self._tracked_ids is None:
+            self._tracked_ids = tracked_sentences(self.cfg, self.valid_src_tok, self.valid_ids, self.data_cfg,
+                                                  self.src_vocab_inputs)
+        tokens, ids = self._tracked_ids
+        if not tokens:
+            return
+        hyps = self._validation_search().search_ids(ids, DecodeConfig(beam_size=1, batch_size=64))
+        state.tracked = (state.tracked or []) + [epoch_record(epoch, tokens, hyps, self.tgt_vocab)]
+        write_tracked(state.tracked, self.save_dir / TRACKED_FILE)
 
     def _keep_epoch(self, epoch: int, metrics: Path) -> None:
         """``--keep-checkpoints N``: ``epoch-K/`` model folders of every ``--save-every``th epoch, the last N."""
@@ -666,6 +685,7 @@ class Trainer:
         """Validate, decide (divergence, learning rate, best epoch) and write the checkpoints."""
         record = {"epoch": epoch, "lr": lr, **train, **self.validate()}
         self._check_divergence(epoch, record)
+        self._track(state, epoch)
         self._decay(state, epoch, record["valid_ppl"])
         score = record["valid_bleu"] if self.cfg.select_by == "bleu" else -record["valid_ppl"]
         improved = state.best_score is None or score > state.best_score
