@@ -37,21 +37,18 @@ from nmt.checkpoint import (
     write_model_files,
 )
 from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
-from nmt.alignment import read_alignments
-from nmt.data import Batch, ParallelDataset, read_parallel, shard, tokenize_all, tokenize_pairs
+from nmt.data import Batch, shard
 from nmt.device import pick_device
 from nmt.engines.int8 import INT8_MAX_BLEU_LOSS, int8_keeps_quality
 from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
-from nmt.errors import CheckpointError, DataError, NMTError
+from nmt.errors import CheckpointError, NMTError
 from nmt.evaluation import corpus_scores, perplexity
 from nmt.model.seq2seq import Seq2Seq
-from nmt.preprocess import ShardedDataset
 from nmt.safe_io import atomic_output
 from nmt.tokenization import get_tokenizer
 from nmt.hub import MASKS_FILE
-from nmt.inputs import SourceInputs
-from nmt.training.corpus import Vocabularies, build_vocabularies, coverage, unknown_filter
+from nmt.training.corpus import Vocabularies, load_corpus
 from nmt.training.distributed import DistributedError, Processes
 from nmt.training.loss import output_positions, sequence_loss
 from nmt.training.tracking import TRACKED_FILE, epoch_record, tracked_sentences, write_tracked
@@ -67,7 +64,7 @@ from nmt.training.optim import (
 )
 from nmt.training.pretrained import apply_vectors
 from nmt.training.prune import apply_masks, load_masks
-from nmt.vocabulary import PAD_ID, Vocabulary
+from nmt.vocabulary import PAD_ID
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE, RNG_FILE = "optimizer.safetensors", "rng.safetensors"
@@ -139,79 +136,17 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------
     def _load_data(self, saved: Checkpoint | Vocabularies | None):
-        """Read the data and index it with ``saved``'s vocabularies (a resumed or fine-tuned run), else
-        with new ones built from the training data (words, and characters and feature values: ``nmt.inputs``)."""
-        d, m = self.data_cfg, self.model_cfg
-        required = ("valid_src", "valid_tgt") if d.data else ("train_src", "train_tgt", "valid_src", "valid_tgt")
-        for name in required:
-            if not getattr(d, name):
-                raise ValueError(f"--{name.replace('_', '-')} is required")
-        check_guidance(d, m, self.cfg)
-        saved = self._preprocessed(saved) if d.data else self._raw_training_pairs(saved)
-        self.src_vocab, self.tgt_vocab, self.chars, self.features = saved.src_vocab, saved.tgt_vocab, saved.chars, \
-            saved.features
-        self._validation_pairs(saved.inputs)
-        log.info("%d training pairs, %d validation pairs; vocabularies: %s source, %d target words",
-                 len(self.train_data), len(self.valid_data), saved.inputs.describe(), len(self.tgt_vocab))
-
-    def _raw_training_pairs(self, saved):
-        """``train_data`` from the raw files (tokenized now), and the vocabularies (``saved``'s, or new)."""
-        d, m = self.data_cfg, self.model_cfg
-        log.info("reading and tokenizing %s / %s", d.train_src, d.train_tgt)
-        src_all, tgt_all, keep = tokenize_pairs(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len,
-                                                m.src_features)
-        links = read_alignments(d.alignfile, [len(x) for x in src_all], [len(x) for x in tgt_all]) if d.alignfile else None
-        src_tok, tgt_tok = [src_all[i] for i in keep], [tgt_all[i] for i in keep]
-        if saved is None:
-            saved = build_vocabularies(src_tok, tgt_tok, m, self.vocab_cfg)
-        src_keys = [keys for _, keys, _ in SourceInputs.parse_all(src_tok, m.src_features)]
-        log.info("vocabularies cover %.2f%% of the training source tokens and %.2f%% of the target's",
-                 100 * coverage(src_keys, saved.src_vocab), 100 * coverage(tgt_tok, saved.tgt_vocab))
-        if d.unkfilter:
-            kept = unknown_filter(src_keys, tgt_tok, saved.src_vocab, saved.tgt_vocab, d.unkfilter)
-            log.info("--unkfilter %g: kept %d of %d training pairs", d.unkfilter, len(kept), len(src_tok))
-            if not kept:
-                raise DataError(f"--unkfilter {d.unkfilter:g} drops every training pair")
-            keep, src_tok, tgt_tok = [keep[i] for i in kept], [src_tok[i] for i in kept], [tgt_tok[i] for i in kept]
-        self.train_links = None if links is None else [links[i] for i in keep]  # (per training pair)
-        self.train_data = ParallelDataset([saved.inputs.encode(s, f"{d.train_src} sentence {i + 1}")
-                                           for i, s in enumerate(src_tok)], [saved.tgt_vocab.encode(t) for t in tgt_tok])
-        return saved
-
-    def _preprocessed(self, saved):
-        """``train_data`` from a ``python -m nmt preprocess`` folder, whose vocabularies a resumed or
-        fine-tuned run must share."""
-        d = self.data_cfg
-        if d.unkfilter:
-            raise ValueError("--unkfilter applies to raw training files, not to a --data folder (preprocess without it)")
-        data = ShardedDataset.open(d.data)
-        if (data.src_lang, data.tgt_lang) != (d.src_lang, d.tgt_lang):
-            raise ValueError(f"{d.data} holds {data.src_lang}-{data.tgt_lang} pairs, not {d.src_lang}-{d.tgt_lang} "
-                             "(--src-lang/--tgt-lang)")
-        if saved is None:
-            saved = data.vocabularies(self.model_cfg)
-        elif (saved.src_vocab.itos, saved.tgt_vocab.itos) != (data.src_vocab.itos, data.tgt_vocab.itos):
-            raise ValueError(f"{d.data} was preprocessed with other vocabularies than the checkpoint's")
-        self.train_data, self.train_links = data, None
-        return saved
-
-    def _validation_pairs(self, inputs) -> None:
-        """The validation pairs (raw files, tokenized now), their ids, and with ``--alignvalfile`` their links."""
-        d, m = self.data_cfg, self.model_cfg
-        self.valid_raw_src, self.valid_raw_tgt = read_parallel(d.valid_src, d.valid_tgt)
-        self.valid_src_tok = tokenize_all(self.valid_raw_src, d.src_lang, m.src_features == "inline")
-        valid_tgt_tok = tokenize_all(self.valid_raw_tgt, d.tgt_lang)
-        keep = [i for i, (s, t) in enumerate(zip(self.valid_src_tok, valid_tgt_tok)) if s and t]
-        if not keep:
-            raise DataError(f"{d.valid_src} / {d.valid_tgt}: no validation pair has words on both sides "
-                            "(the files hold only blank lines)")
-        self.valid_ids = [inputs.encode(t, f"{d.valid_src} line {i + 1}") for i, t in enumerate(self.valid_src_tok)]
-        self.src_vocab_inputs = inputs  # (how a source is read: for --track-file's sentences)
-        self.valid_data = ParallelDataset([self.valid_ids[i] for i in keep], [self.tgt_vocab.encode(valid_tgt_tok[i]) for i in keep])
-        self.valid_links = None
-        if d.alignvalfile:
-            links = read_alignments(d.alignvalfile, [len(x) for x in self.valid_src_tok], [len(x) for x in valid_tgt_tok])
-            self.valid_links = [links[i] for i in keep]
+        """Read the data (``nmt.training.corpus``) and index it with ``saved``'s vocabularies (a resumed or
+        fine-tuned run), else with new ones built from the training data."""
+        check_guidance(self.data_cfg, self.model_cfg, self.cfg)
+        c = load_corpus(self.data_cfg, self.model_cfg, self.vocab_cfg, saved)
+        self.src_vocab, self.tgt_vocab, self.chars, self.features = c.vocabs.src_vocab, c.vocabs.tgt_vocab, \
+            c.vocabs.chars, c.vocabs.features
+        self.src_vocab_inputs = c.vocabs.inputs  # (how a source is read: for --track-file's sentences)
+        self.train_data, self.train_links, self.valid_data, self.valid_links = c.train, c.train_links, c.valid, \
+            c.valid_links
+        self.valid_raw_src, self.valid_raw_tgt, self.valid_src_tok, self.valid_ids = c.valid_raw_src, \
+            c.valid_raw_tgt, c.valid_src_tok, c.valid_ids
 
     def _setup(self) -> TrainerState:
         if self.cfg.train_from:
