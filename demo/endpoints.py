@@ -24,6 +24,7 @@ from demo.checks import (
 )
 from nmt import Candidate, NMTError, Translation, Translator
 from nmt.serving import alignments, catalog, plots
+from nmt.serving.tracked import read_tracked
 from nmt.serving.unk import Replacement
 
 logger = logging.getLogger("nmt.app")
@@ -166,3 +167,28 @@ def model_card(direction: str | None = None, attention: str = "general", hub_id:
         return card, plots.training_curves_figure(catalog.read_metrics(translator.checkpoint.path))
     except ValueError:  # (no readable epoch)
         return card + "\n\n*No training curves: this checkpoint has no `metrics.jsonl` (or none readable).*", None
+
+
+def tracked_attention(direction: str | None = None, attention: str = "general", hub_id: str = "",
+                      sentence: int = 0) -> tuple[object, list[str]]:
+    """The selected model's tracked sentences (``tracked.jsonl``): the attention figure of sentence
+    ``sentence`` with its slider over the epochs, and a label per tracked sentence (its source words,
+    shortened); (None, []) for a checkpoint without them, or for a model that does not load."""
+    try:
+        translator, _ = choose_model(direction, attention, hub_id)
+        records = read_tracked(translator.checkpoint.path)
+        if not records:
+            return None, []
+        labels = [tracked_label(s["source"]) for s in records[0]["sentences"]]
+        sentence = sentence if isinstance(sentence, int) and 0 <= sentence < len(labels) else 0
+        return plots.tracked_attention_figure(records, sentence), labels
+    except (NMTError, ValueError):  # (a model that does not load, one without attention)
+        return None, []
+    except Exception:
+        logger.exception("the tracked sentences failed")
+        return None, []
+
+
+def tracked_label(source: list[str], limit: int = 60) -> str:
+    text = " ".join(source)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from demo.checks import CONCURRENCY, DEFAULT_DIRECTION, MAX_BEAM, MAX_CHARS, MAX_SENTENCES, MODELS, TITLE, _shown
-from demo.endpoints import compare, model_card, translate
+from demo.endpoints import compare, model_card, tracked_attention, translate
 from demo.inside_page import CSS as INSIDE_CSS
 from demo.inside_page import JS as INSIDE_JS
 from demo.inside_page import inside_tab, wire_inside
@@ -109,6 +109,9 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Model card", id="card"):
                 card = gr.Markdown(label="model card", elem_id="model-card")
                 curves = gr.Plot(label="Training curves", visible=False, elem_id="training-curves")
+                tracked_pick = gr.Radio([], label="Attention forming during training: a validation sentence",
+                                        visible=False, elem_id="tracked-sentence")
+                tracked = gr.Plot(label="Attention, epoch by epoch", visible=False, elem_id="tracked-attention")
 
         wire(SimpleNamespace(**locals()))
     return demo
@@ -177,11 +180,14 @@ def wire(c: SimpleNamespace) -> None:
     card_inputs, card_outputs = [c.direction, c.attention, c.hub_id], [c.card, c.curves]
     show_curves = {"fn": lambda figure: gr.Plot(visible=figure is not None), "inputs": c.curves,
                    "outputs": c.curves, **private}
-    c.demo.load(model_card, card_inputs, card_outputs, api_name="model_card").then(**show_curves)
+    show_tracked = {"fn": tracked_view, "inputs": card_inputs, "outputs": [c.tracked_pick, c.tracked], **private}
+    c.demo.load(model_card, card_inputs, card_outputs, api_name="model_card").then(**show_curves).then(**show_tracked)
     for event in (c.attention.change, c.hub_id.submit, c.hub_id.blur):
-        event(model_card, card_inputs, card_outputs, **private).then(**show_curves)
+        event(model_card, card_inputs, card_outputs, **private).then(**show_curves).then(**show_tracked)
     c.direction.change(on_direction, [c.direction, c.attention], [c.attention, c.examples], **private).then(
-        model_card, card_inputs, card_outputs, **private).then(**show_curves)
+        model_card, card_inputs, card_outputs, **private).then(**show_curves).then(**show_tracked)
+    c.tracked_pick.input(lambda sentence, *model: tracked_attention(*model, sentence=sentence)[0],
+                         [c.tracked_pick, *card_inputs], c.tracked, **private)
     c.examples.click(lambda sample: sample[0], c.examples, c.text, **private)
     for i in range(MAX_SENTENCES):
         pick, plot = c.slots[4 * i + 2], c.slots[4 * i + 3]
@@ -189,6 +195,15 @@ def wire(c: SimpleNamespace) -> None:
     run_tree, show_tree = wire_inside(c.inside, [c.direction, c.attention, c.hub_id], c.beam, c.unk)
     c.inside_button.click(first_sentence, c.text, c.inside["sentence"], **private).then(
         lambda: gr.Tabs(selected="inside"), None, c.tabs, **private).then(**run_tree, **private).then(**show_tree)
+
+
+def tracked_view(direction: str, attention: str, hub_id: str) -> tuple:
+    """The model card's tracked sentences: a choice among them (when there are several) and the first's
+    attention over the epochs; both hidden for a checkpoint without ``tracked.jsonl``."""
+    figure, labels = tracked_attention(direction, attention, hub_id)
+    return (gr.Radio(choices=[(label, i) for i, label in enumerate(labels)], value=0,
+                     visible=figure is not None and len(labels) > 1),
+            gr.Plot(value=figure, visible=figure is not None))
 
 
 def first_sentence(text: str | None) -> str:

@@ -30,6 +30,7 @@ from nmt.hub import (  # the file names, shared with the Hub client (which needs
     MASKS_FILE,
     PICKLE_SUFFIXES,
     REQUIRED_FILES,
+    TRACKED_FILE,
 )
 from nmt.inputs import SourceInputs, spellings
 from nmt.model.seq2seq import Seq2Seq
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 CONFIG, WEIGHTS, SRC_VOCAB, TGT_VOCAB, METRICS = REQUIRED_FILES + ("metrics.jsonl",)
 MAX_PARAMETERS = 500_000_000  # 2 GB as fp32; the app sets a lower limit (NMT_MAX_PARAMETERS)
 MAX_CONFIG_BYTES, MAX_VOCAB_BYTES, MAX_METRICS_BYTES = 256 * KIB, 64 * MIB, 4 * MIB
+MAX_TRACKED_BYTES = 4 * MIB  # tracked.jsonl (nmt.serving.tracked): a few KB an epoch
 MAX_HEADER_BYTES = 1 * MIB  # a safetensors header of this model family is a few KB
 # The nearest-neighbour index (nmt.serving.neighbors): settings, arrays (~20 MB for Multi30k), each side's sentences.
 MAX_INDEX_CONFIG_BYTES, MAX_INDEX_ARRAYS_BYTES, MAX_INDEX_TEXT_BYTES = 64 * KIB, 256 * MIB, 64 * MIB
@@ -271,7 +273,8 @@ def _words(values, n: int) -> bool:
 def download_limits(max_parameters: int) -> dict[str, int]:
     """The largest file of each name a checkpoint download may bring (see ``nmt.hub.resolve_checkpoint``)."""
     return {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: max_weights_bytes(max_parameters), SRC_VOCAB: MAX_VOCAB_BYTES,
-            TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, LEXICON_FILE: MAX_LEXICON_BYTES,
+            TGT_VOCAB: MAX_VOCAB_BYTES, METRICS: MAX_METRICS_BYTES, TRACKED_FILE: MAX_TRACKED_BYTES,
+            LEXICON_FILE: MAX_LEXICON_BYTES,
             **dict(zip(INDEX_FILES, (MAX_INDEX_CONFIG_BYTES, MAX_INDEX_ARRAYS_BYTES, MAX_INDEX_TEXT_BYTES,
                                      MAX_INDEX_TEXT_BYTES))),
             MASKS_FILE: 8 + MAX_HEADER_BYTES + max_parameters}  # (a byte a weight: nmt.training.prune)

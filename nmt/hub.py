@@ -40,7 +40,9 @@ LEXICON_FILE = "lexicon.txt"  # a checkpoint's own lexicon for UNK replacement (
 INDEX_CONFIG, INDEX_ARRAYS, INDEX_SOURCES, INDEX_TARGETS = INDEX_FILES = (
     "index.json", "index.safetensors", "index.src.txt.gz", "index.tgt.txt.gz")
 MASKS_FILE = "masks.safetensors"  # a pruned model's masks (nmt.training.prune)
-CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", "README.md", LEXICON_FILE, *INDEX_FILES, MASKS_FILE)  # what push uploads
+TRACKED_FILE = "tracked.jsonl"  # a few validation sentences' greedy translation and attention per epoch (nmt.serving.tracked)
+CHECKPOINT_FILES = (*REQUIRED_FILES, "metrics.jsonl", TRACKED_FILE, "README.md", LEXICON_FILE, *INDEX_FILES,
+                    MASKS_FILE)  # what push uploads
 DOWNLOAD_FILES = tuple(f for f in CHECKPOINT_FILES if f != "README.md")  # what loading reads
 # A branch, tag or commit id: git's ref characters, without '..', '//', or a leading or trailing '/'.
 _REVISION = re.compile(r"[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*")

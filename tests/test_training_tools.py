@@ -17,6 +17,7 @@ from nmt.cli import main
 from nmt.data import tokenize_pair_files
 from nmt.errors import DataError
 from nmt.preprocess import preprocess
+from nmt.serving.tracked import read_tracked
 from nmt.config import DataConfig, ModelConfig, TrainConfig, VocabConfig
 from nmt.training.average import average_checkpoints
 from nmt.training.corpus import read_vocab_file, unknown_filter
@@ -262,7 +263,8 @@ def test_training_tracks_a_few_sentences_epoch_by_epoch(corpus, tmp_path):
     assert lines[0]["sentences"][0]["source"] == lines[1]["sentences"][0]["source"]
     for r in lines:
         for s in r["sentences"]:
-            assert len(s["attention"]) == len(s["translation"]) and all(len(row) == len(s["source"]) for row in s["attention"])
+            assert len(s["attention"]) == len(s["translation"]) + 1 and all(len(row) == len(s["source"]) for row in s["attention"])
+    assert read_tracked(tmp_path / "r/best") is not None  # (what the app reads accepts what training writes)
     best_epoch = json.loads((tmp_path / "r/best/config.json").read_text())["checkpoint"]["epoch"]
     assert len((tmp_path / "r/best/tracked.jsonl").read_text().splitlines()) == best_epoch
     make(corpus, tmp_path / "x", epochs=3, train_from=str(tmp_path / "r")).run()  # (resumed: the record goes on)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from huggingface_hub import ModelCard, ModelCardData
 
 from nmt.checkpoint import Checkpoint
@@ -47,8 +49,11 @@ def _inputs(ckpt: Checkpoint) -> str:
     return f"source: {src}; target: " + (chars if c.use_chars_dec else f"{c.emb_size}-d word embeddings")
 
 
-def model_card(ckpt: Checkpoint, scores: dict, command: str, hardware: str, metrics: list[dict]) -> ModelCard:
-    """The card: front matter (language, license, datasets, metrics, tags, pipeline tag) and text."""
+def model_card(ckpt: Checkpoint, scores: dict, command: str, hardware: str, metrics: list[dict],
+               tracked: list[dict] | None = None) -> ModelCard:
+    """The card: front matter (language, license, datasets, metrics, tags, pipeline tag) and text; with
+    ``tracked`` (``nmt.serving.tracked.read_tracked`` records), the first tracked sentence's greedy
+    translation after every epoch."""
     data = ModelCardData(
         language=[ckpt.src_lang, ckpt.tgt_lang], license="mit", datasets=["bentrevett/multi30k"],
         metrics=["bleu", "chrf"], tags=["translation", "seq2seq", "lstm", "attention", f"attention-{ckpt.model.cfg.attention}"],
@@ -89,7 +94,7 @@ sacreBLEU signature: `{scores.get('bleu_signature', '')}`
 | epoch | train ppl | valid ppl | valid BLEU (greedy) | learning rate |
 |---|---|---|---|---|
 {rows}
-
+{_tracked_text(tracked)}
 ## Use
 
 ```python
@@ -99,3 +104,26 @@ print(t.translate(["..."], beam_size=5, replace_unk=True)[0].text)
 ```
 """
     return ModelCard(text)
+
+
+def _tracked_text(tracked: list[dict] | None) -> str:
+    """How the first tracked sentence's translation formed, epoch by epoch (``tracked.jsonl``), or nothing."""
+    if not tracked:
+        return ""
+    n = len(tracked[0]["sentences"])
+    rows = "\n".join(f"| {r['epoch']} | {_cell(r['sentences'][0]['translation']) or '*(empty)*'} |" for r in tracked)
+    return f"""
+**Translations forming.** `tracked.jsonl` holds the greedy translation and attention of {n} validation
+sentence{'s' * (n > 1)} after every epoch (the app's model card draws the attention with a slider over the epochs).
+The first, *{_cell(tracked[0]['sentences'][0]['source'])}*:
+
+| epoch | greedy translation |
+|---|---|
+{rows}
+"""
+
+
+def _cell(tokens: list[str]) -> str:
+    """Words as the text of a Markdown table cell: no HTML, no column break, no emphasis."""
+    text = html.escape(" ".join(tokens), quote=False)
+    return "".join(f"&#{ord(c)};" if c in "|*_`\\[]" else c for c in text)

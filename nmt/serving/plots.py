@@ -1,5 +1,6 @@
 """Plotly figures: a translation's attention heatmap (full size or ``compact`` for a narrow column), the
-beam search's tree (``beam_tree_figure``) and a model's training curves.
+beam search's tree (``beam_tree_figure``), a model's training curves and the attention of a sentence
+tracked during training, epoch by epoch (``tracked_attention_figure``).
 
 All work on plain ``nmt`` objects, so a script or notebook can draw them without the app::
 
@@ -187,6 +188,117 @@ def _line(fig: go.Figure, epochs: list, rows: list[dict], key: str, name: str, c
         fig.add_trace(go.Scatter(x=epochs, y=values, name=name, mode="lines+markers", line={"color": color},
                                  connectgaps=False), row=1, col=col)
 
+
+
+# Attention over training (tracked.jsonl, nmt.serving.tracked): one sentence's heatmap, a slider over the epochs.
+# Room above the title for a caption laid over the figure's top left (a Gradio label); the title's lines;
+# the source words (vertical, shortened: whole in the hover); below the heatmap, the colour bar and the slider.
+TRACKED_CAPTION_PX, TRACKED_TITLE_CHARS, TRACKED_TITLE_LINE_PX, TRACKED_FONT = 50, 44, 17, 11
+TRACKED_TICK_CHARS, TRACKED_LABEL_CHARS, TRACKED_CHAR_PX, TRACKED_COLORBAR_PX, TRACKED_SLIDER_PX = 12, 16, 6.6, 44, 56
+TRACKED_MAX_STEPS, TRACKED_MAX_CELLS, TRACKED_MAX_LABELS, TRACKED_TITLE_LINES = 200, 300_000, 10, 4
+
+
+def tracked_attention_figure(records: list[dict], sentence: int = 0, height: int | None = None) -> go.Figure:
+    """The attention of tracked sentence ``sentence`` (``nmt.serving.tracked.read_tracked`` records) with a
+    slider over the epochs, starting at the last: each step sets the heatmap, the output labels and the
+    title ("epoch K: the translation"). As ``attention_figure``: x = source words (at the top), y = output
+    words and ``</s>``, colours on [0, 1], both words and the weight in the hover; laid out for a laptop
+    and a phone alike (vertical source words, shortened past TRACKED_TICK_CHARS, a thin horizontal colour
+    bar, the title wrapped). Rows are those of the longest translation; those an epoch leaves empty are
+    blank and unlabelled. Past ``TRACKED_MAX_STEPS`` steps or ``TRACKED_MAX_CELLS`` cells, evenly spaced
+    epochs (the first and last among them) are drawn. Raises ``ValueError`` when there is no such
+    sentence or it has no attention (a model without attention)."""
+    if not records or not 0 <= sentence < len(records[0]["sentences"]):
+        raise ValueError(f"there is no tracked sentence {sentence + 1}")
+    steps = [(r["epoch"], r["sentences"][sentence]) for r in records]
+    if any(s["attention"] is None for _, s in steps):
+        raise ValueError("the tracked sentence has no attention weights (the model uses attention 'none')")
+    src = list(steps[0][1]["source"])
+    n_rows = max(len(s["translation"]) + 1 for _, s in steps)
+    steps = [steps[i] for i in _spaced(len(steps), min(TRACKED_MAX_STEPS, TRACKED_MAX_CELLS // (n_rows * len(src))))]
+    lines = max(len(_tracked_title(epoch, s["translation"])) for epoch, s in steps)
+    views = [_tracked_view(epoch, s, src, n_rows, lines) for epoch, s in steps]
+    last = views[-1]
+    top = _tracked_top(src, lines)
+    bottom = TRACKED_COLORBAR_PX + TRACKED_SLIDER_PX
+    height = height or int(min(MAX_HEIGHT + 200, max(MIN_HEIGHT, top + ROW_PX * n_rows + bottom)))
+    plot_px = max(1, height - top - bottom)
+    left = int(12 + TRACKED_CHAR_PX * max(len(html.unescape(label)) for v in views for label in v["labels"]))
+    every = max(1, -(-len(steps) // TRACKED_MAX_LABELS))  # (slider labels: at most about ten, the last always)
+    slider = {
+        "active": len(steps) - 1, "x": 0, "len": 1, "y": 0, "yanchor": "top",
+        "pad": {"t": TRACKED_COLORBAR_PX, "b": 0, "l": 0, "r": 0},
+        "currentvalue": {"visible": False}, "font": {"size": 10}, "ticklen": 4,
+        "steps": [{"method": "update", "label": str(epoch) if i % every == 0 or i == len(steps) - 1 else "",
+                   "value": str(epoch), "args": [{"z": [v["z"]], "customdata": [v["customdata"]]},
+                                                 {"yaxis.ticktext": v["labels"], "title.text": v["title"]}]}
+                  for i, ((epoch, _), v) in enumerate(zip(steps, views))],
+    }
+    colorbar = {**_COMPACT_COLORBAR, "len": 0.6, "y": -6 / plot_px}
+    fig = go.Figure(go.Heatmap(
+        z=last["z"], x=list(range(len(src))), y=list(range(n_rows)), zmin=0.0, zmax=1.0, colorscale=COLORSCALE,
+        colorbar=colorbar, customdata=last["customdata"], hovertemplate=_HOVER, hoverongaps=False, xgap=1, ygap=1,
+    ))
+    font = {"size": TRACKED_FONT}
+    fig.update_layout(
+        height=height, plot_bgcolor="white",
+        title={"text": last["title"], "font": {"size": 12}, "x": 0, "xanchor": "left", "xref": "container",
+               "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": TRACKED_CAPTION_PX, "l": 8}},
+        margin={"l": left, "r": 8, "t": top, "b": bottom},
+        xaxis=_axis([short_token(t, TRACKED_TICK_CHARS) for t in src], "", side="top", tickangle=-90, tickfont=font),
+        yaxis={**_axis([""] * n_rows, "", autorange="reversed", tickfont=font), "ticktext": last["labels"],
+               "automargin": False},  # (room for the longest label of any epoch: the heatmap keeps its place)
+        sliders=[slider],
+    )
+    return fig
+
+
+def _tracked_top(src: list[str], lines: int) -> int:
+    """The top margin: room for a caption, the title's lines, and the (vertical) source words below them; a
+    little more than the words take (``automargin`` adds room if it is short, which only moves the plot
+    down), so they never run into the title."""
+    label_px = TRACKED_CHAR_PX * max(len(short_token(t, TRACKED_TICK_CHARS)) for t in src) + 8
+    return int(TRACKED_CAPTION_PX + 8 + TRACKED_TITLE_LINE_PX * lines + label_px)
+
+
+def _spaced(n: int, keep: int) -> list[int]:
+    """``keep`` (at least 2, or all) evenly spaced indices of ``range(n)``, the first and the last among them."""
+    if n <= max(keep, 2):
+        return list(range(n))
+    keep = max(keep, 2)
+    return sorted({round(i * (n - 1) / (keep - 1)) for i in range(keep)})
+
+
+def _tracked_title(epoch: int, translation: list[str]) -> list[str]:
+    """The title's lines: "epoch K: the translation", wrapped at word ends (a phone's width), at most
+    TRACKED_TITLE_LINES (the last then ends in an ellipsis)."""
+    lines, line = [], f"epoch {epoch}:"
+    for word in translation or ["(empty)"]:
+        word = short_token(word, TRACKED_TITLE_CHARS)
+        if len(line) + 1 + len(word) > TRACKED_TITLE_CHARS:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}"
+    lines.append(line)
+    if len(lines) > TRACKED_TITLE_LINES:
+        lines = lines[:TRACKED_TITLE_LINES]
+        lines[-1] = lines[-1][:TRACKED_TITLE_CHARS - 2] + " …"
+    return lines
+
+
+def _tracked_view(epoch: int, sentence: dict, src: list[str], n_rows: int, lines: int) -> dict:
+    """One slider step: z and hover data padded to ``n_rows`` (None: a blank cell), labels, the title."""
+    out = [_plain(short_token(t, TRACKED_LABEL_CHARS)) for t in sentence["translation"]] + [_plain("</s>")]
+    words = [_plain(t) for t in sentence["translation"]] + [_plain("</s>")]
+    pad = n_rows - len(out)
+    title = [_plain(line) for line in _tracked_title(epoch, sentence["translation"])]
+    title[0] = title[0].replace(f"epoch {epoch}:", f"<b>epoch {epoch}</b>:", 1)
+    note = f"<br>epoch {epoch}"
+    return {"z": [list(row) for row in sentence["attention"]] + [[None] * len(src)] * pad,
+            "customdata": [[[_plain(s), o, note] for s in src] for o in words] + [[["", "", ""]] * len(src)] * pad,
+            "labels": out + [""] * pad,
+            "title": "<br>".join(["&#8203;"] * (lines - len(title)) + title)}  # (as many lines at every epoch)
 
 
 

@@ -4,8 +4,8 @@ epoch in ``tracked.jsonl`` (the save dir's, copied into ``best/``): the app play
 (``nmt.serving.tracked``), the diagonal forming as the translation improves.
 
 A line: ``{"epoch": 3, "sentences": [{"source": [...], "translation": [...], "attention": [[...]]}]}``;
-``attention`` has a row per translation word (the step that produced it) and a column per source
-word, rounded to 3 decimals (about 1 KB a sentence and epoch).
+``attention`` has a row per translation word (the step that produced it) and one for ``</s>``, a
+column per source word, rounded to 3 decimals (about 1 KB a sentence and epoch); null without attention.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import json
 import os
 from pathlib import Path
 
-from nmt.data import read_lines, tokenize_all
-from nmt.errors import CheckpointError
+import torch
 
-TRACKED_FILE = "tracked.jsonl"
+from nmt.data import ParallelDataset, read_lines, tokenize_all
+from nmt.errors import CheckpointError
+from nmt.hub import TRACKED_FILE
 MAX_TRACKED = 20  # sentences
 
 
@@ -33,15 +34,27 @@ def tracked_sentences(train_cfg, valid_src_tok: list[list[str]], valid_ids: list
     return [valid_src_tok[i] for i in keep], [valid_ids[i] for i in keep]
 
 
-def epoch_record(epoch: int, sources: list[list[str]], hyps: list, tgt_vocab) -> dict:
-    """One line of ``tracked.jsonl`` from greedy search's hypotheses of the tracked sentences."""
-    sentences = []
-    for source, found in zip(sources, hyps):
-        best = found[0] if found else None
-        attention = [] if best is None or best.attention is None else best.attention.float().cpu().tolist()
-        sentences.append({"source": list(source), "translation": tgt_vocab.decode(best.tokens) if best else [],
-                          "attention": [[round(w, 3) for w in row] for row in attention]})
-    return {"epoch": epoch, "sentences": sentences}
+def epoch_record(epoch: int, sources: list[list[str]], outputs: list[list[int]], attention: list, tgt_vocab) -> dict:
+    """One line of ``tracked.jsonl``: each tracked sentence's greedy output (ids) and its attention."""
+    return {"epoch": epoch, "sentences": [
+        {"source": list(source), "translation": tgt_vocab.decode(out),
+         "attention": None if att is None else [[round(w, 3) for w in row] for row in att]}
+        for source, out, att in zip(sources, outputs, attention)]}
+
+
+@torch.no_grad()
+def forced_attention(model, src_ids: list, outputs: list[list[int]], device) -> list:
+    """The attention (len(output) + 1, source length) of each output read back teacher-forced: search
+    leaves out the step that writes </s>, the tracked record keeps it. None for a model without attention."""
+    was_training = model.training
+    model.eval()
+    batch = ParallelDataset(src_ids, outputs).make_batch(list(range(len(outputs)))).to(device)
+    _, attention = model(batch.src, batch.src_lengths, batch.tgt_in)
+    model.train(was_training)
+    if attention is None:
+        return [None] * len(outputs)
+    return [attention[i, : len(out) + 1, : int(batch.src_lengths[i])].float().cpu().tolist()
+            for i, out in enumerate(outputs)]
 
 
 def write_tracked(records: list[dict], path: Path) -> None:

@@ -51,7 +51,7 @@ from nmt.hub import MASKS_FILE
 from nmt.training.corpus import Vocabularies, load_corpus
 from nmt.training.distributed import DistributedError, Processes
 from nmt.training.loss import output_positions, sequence_loss
-from nmt.training.tracking import TRACKED_FILE, epoch_record, tracked_sentences, write_tracked
+from nmt.training.tracking import TRACKED_FILE, epoch_record, forced_attention, tracked_sentences, write_tracked
 from nmt.training.guidance import AlignmentScore, alignment_loss, check_guidance, guidance_weight
 from nmt.training.fine_tune import STATE_FILE, check_fine_tuning, ignored_on_resume, is_resumable, model_folder
 from nmt.training.optim import (
@@ -457,7 +457,9 @@ class Trainer:
         if not tokens:
             return
         hyps = self._validation_search().search_ids(ids, DecodeConfig(beam_size=1, batch_size=64))
-        state.tracked = (state.tracked or []) + [epoch_record(epoch, tokens, hyps, self.tgt_vocab)]
+        outputs = [h[0].tokens if h else [] for h in hyps]
+        attention = forced_attention(self.model, ids, outputs, self.device)
+        state.tracked = (state.tracked or []) + [epoch_record(epoch, tokens, outputs, attention, self.tgt_vocab)]
         write_tracked(state.tracked, self.save_dir / TRACKED_FILE)
 
     def _keep_epoch(self, epoch: int, metrics: Path) -> None:
