@@ -9,7 +9,7 @@ import unicodedata
 from pathlib import Path
 
 from nmt import CheckpointError, DataError, Translation, Translator, split_sentences
-from nmt.serving import catalog
+from nmt.serving import catalog, jobs
 
 MAX_CHARS = 2000  # characters per request
 MAX_SENTENCES = 20  # sentences per request (one heatmap slot each)
@@ -82,10 +82,22 @@ def split_input(text: str | None) -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------- choosing the model
 def choose_model(direction: str | None, attention: str | None, hub_id: str | None) -> tuple[Translator, dict]:
     """The translator asked for (a Hub repo id wins over the bundled selection) and a description of it."""
+    if hub_id and hub_id.strip().startswith(jobs.JOB_PREFIX):  # a model trained in the Train tab
+        return trained_model(hub_id.strip()[len(jobs.JOB_PREFIX):])
     if hub_id and hub_id.strip():
         return describe(catalog.CACHE.hub(hub_id), hub_id.strip(), "hub")
     model = _bundled(direction, attention)
     return describe(catalog.CACHE.bundled(model), model.name, "bundled")
+
+
+def trained_model(job_id: str) -> tuple[Translator, dict]:
+    """The best checkpoint of a Train-tab job (``job:<id>``), reloaded when a later epoch replaced it."""
+    best = jobs.trained_model_dir(job_id)
+    weights = best / "model.safetensors"
+    key = ("job", str(best), weights.stat().st_mtime_ns)
+    translator = catalog.CACHE.get(key, lambda: Translator.load(best, device=catalog.CACHE.device,
+                                                                max_parameters=catalog.CACHE.max_parameters))
+    return describe(translator, f"your model (job {job_id.strip()[:8]}…)", "trained here")
 
 
 def _bundled(direction: str | None, attention: str | None) -> catalog.BundledModel:

@@ -12,6 +12,8 @@ from demo.inside_page import CSS as INSIDE_CSS
 from demo.inside_page import JS as INSIDE_JS
 from demo.inside_page import inside_tab, wire_inside
 from demo.render import pick_candidate, render_comparison, render_translation
+from demo.train_tab import CSS as TRAIN_CSS
+from demo.train_tab import train_tab, wire_train
 from nmt import split_sentences
 from nmt.config import ATTENTION_KINDS
 from nmt.serving import catalog
@@ -68,7 +70,7 @@ CSS = """
 .nmt-note {font-size: 0.9em; color: var(--body-text-color-subdued)}
 .nmt-model {font-weight: 600; margin-bottom: 4px}
 .nmt-model span {font-weight: 400; margin-left: 8px; color: var(--body-text-color-subdued)}
-""" + INSIDE_CSS
+""" + INSIDE_CSS + TRAIN_CSS
 
 
 # ----------------------------------------------------------------------------- the page
@@ -112,6 +114,8 @@ def build_demo() -> gr.Blocks:
                 tracked_pick = gr.Radio([], label="Attention forming during training: a validation sentence",
                                         visible=False, elem_id="tracked-sentence")
                 tracked = gr.Plot(label="Attention, epoch by epoch", visible=False, elem_id="tracked-attention")
+            with gr.Tab("Train a model", id="train"):
+                train = train_tab()
 
         wire(SimpleNamespace(**locals()))
     return demo
@@ -189,6 +193,7 @@ def wire(c: SimpleNamespace) -> None:
     c.tracked_pick.input(lambda sentence, *model: tracked_attention(*model, sentence=sentence)[0],
                          [c.tracked_pick, *card_inputs], c.tracked, **private)
     c.examples.click(lambda sample: sample[0], c.examples, c.text, **private)
+    wire_train(c.demo, c.train, c.hub_id, c.tabs)
     for i in range(MAX_SENTENCES):
         pick, plot = c.slots[4 * i + 2], c.slots[4 * i + 3]
         pick.input(pick_candidate(i), [pick, c.result], plot, **private)

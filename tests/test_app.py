@@ -77,6 +77,8 @@ def app_env(checkpoints: Path, tmp: Path, port: int, base: dict[str, str] | None
     env.setdefault("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     env.setdefault("HF_HOME", str(tmp / "hf_home"))
     env.setdefault("NMT_HUB_CACHE_DIR", str(tmp / "app_hub_cache"))
+    env.setdefault("NMT_JOBS_DIR", str(tmp / "jobs"))  # (the Train tab's jobs and its browser secret)
+    env.setdefault("NMT_ALIGNMENTS", str(tmp / "no-alignments"))
     return env
 
 
