@@ -200,3 +200,26 @@ def test_each_n_best_candidate_shows_its_own_heatmap(page, server, tiny_translat
     [r] = tiny_translators["general"].translate(["Ein Hund läuft."], beam_size=5, n_best=3)
     page.locator("#candidate-0 label", has_text="#2").click()
     expect(page.locator("#heatmap-0 .ytick text")).to_have_text(r.n_best[1].tokens)  # (waits for the redraw)
+
+
+def test_train_a_tiny_model_and_watch_it_learn(page, server, artifacts):
+    """The Train tab: start a tiny job on 200 Multi30k pairs, see the curves and the tracked attention
+    appear and the job finish, then translate with the model it made."""
+    from conftest import shared_data
+
+    shared_data()  # (the tab trains on the Multi30k folder)
+    page.goto(server.url)
+    page.get_by_role("tab", name="Train a model").click()
+    page.locator("#train-epochs input[type=number]").fill("2")
+    page.locator("#train-epochs input[type=number]").press("Enter")
+    page.locator("#train-pairs input[type=number]").fill("200")
+    page.locator("#train-pairs input[type=number]").press("Enter")
+    page.locator("#train-start").click()
+    page.locator("#train-curves .js-plotly-plot").wait_for(state="visible", timeout=180_000)
+    screenshot(page, artifacts, "train-running.png")
+    page.locator("#train-status", has_text="pairs · done").wait_for(timeout=180_000)
+    page.locator("#train-tracked .js-plotly-plot").wait_for(state="visible")
+    assert "epoch 2 of 2" in page.locator("#train-status").inner_text() or "2 epochs" in page.locator("#train-status").inner_text()
+    screenshot(page, artifacts, "train-done.png")
+    page.locator("#train-use").click()
+    assert page.locator("#hub-id input, #hub-id textarea").first.input_value().startswith("job:")

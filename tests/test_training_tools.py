@@ -265,6 +265,7 @@ def test_training_tracks_a_few_sentences_epoch_by_epoch(corpus, tmp_path):
         for s in r["sentences"]:
             assert len(s["attention"]) == len(s["translation"]) + 1 and all(len(row) == len(s["source"]) for row in s["attention"])
     assert read_tracked(tmp_path / "r/best") is not None  # (what the app reads accepts what training writes)
+    assert all(abs(sum(row) - 1) < 0.01 for r in lines for s in r["sentences"] for row in s["attention"])
     best_epoch = json.loads((tmp_path / "r/best/config.json").read_text())["checkpoint"]["epoch"]
     assert len((tmp_path / "r/best/tracked.jsonl").read_text().splitlines()) == best_epoch
     make(corpus, tmp_path / "x", epochs=3, train_from=str(tmp_path / "r")).run()  # (resumed: the record goes on)
