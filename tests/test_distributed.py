@@ -141,7 +141,7 @@ def test_two_processes_make_the_updates_of_one_and_only_process_0_writes(tmp_pat
     assert writes(out, 1) == []
     written = writes(out, 0)
     assert any("metrics.jsonl" in w for w in written) and any(".last.tmp-" in w for w in written)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "last", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "last", "metrics.jsonl", "tracked.jsonl"]
     state = json.loads((tmp_path / "two/last/trainer_state.json").read_text())
     assert state["trainer"]["world_size"] == 2 and len(state["python_rng_by_rank"]) == 2
     assert {"torch", "torch.1"} <= load_file(str(tmp_path / "two/last/rng.safetensors")).keys()
