@@ -221,5 +221,7 @@ def test_train_a_tiny_model_and_watch_it_learn(page, server, artifacts):
     page.locator("#train-tracked .js-plotly-plot").wait_for(state="visible")
     assert "epoch 2 of 2" in page.locator("#train-status").inner_text() or "2 epochs" in page.locator("#train-status").inner_text()
     screenshot(page, artifacts, "train-done.png")
-    page.locator("#train-use").click()
-    assert page.locator("#hub-id input, #hub-id textarea").first.input_value().startswith("job:")
+    from playwright.sync_api import expect
+
+    page.locator("#train-use").click()  # (fills the model field: the update arrives asynchronously)
+    expect(page.locator("#hub-id input, #hub-id textarea").first).to_have_value(re.compile(r"^job:[0-9a-f]{24}$"))
