@@ -12,8 +12,8 @@ from nmt.alignment import read_alignments
 from nmt.config import MAX_VOCAB, DataConfig, ModelConfig, VocabConfig
 from nmt.data import ParallelDataset, read_lines, read_parallel, tokenize_all, tokenize_pairs
 from nmt.errors import DataError
-from nmt.preprocess import ShardedDataset
 from nmt.inputs import SourceInputs, char_vocabulary
+from nmt.preprocess import ShardedDataset
 from nmt.vocabulary import SPECIALS, Vocabulary
 
 log = logging.getLogger(__name__)

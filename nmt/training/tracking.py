@@ -19,6 +19,7 @@ import torch
 from nmt.data import ParallelDataset, read_lines, tokenize_all
 from nmt.errors import CheckpointError
 from nmt.hub import TRACKED_FILE
+
 MAX_TRACKED = 20  # sentences
 
 

@@ -44,16 +44,15 @@ from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, NMTError
 from nmt.evaluation import corpus_scores, perplexity
+from nmt.hub import MASKS_FILE
 from nmt.model.seq2seq import Seq2Seq
 from nmt.safe_io import atomic_output
 from nmt.tokenization import get_tokenizer
-from nmt.hub import MASKS_FILE
 from nmt.training.corpus import Vocabularies, load_corpus
 from nmt.training.distributed import DistributedError, Processes
-from nmt.training.loss import output_positions, sequence_loss
-from nmt.training.tracking import TRACKED_FILE, epoch_record, forced_attention, tracked_sentences, write_tracked
-from nmt.training.guidance import AlignmentScore, alignment_loss, check_guidance, guidance_weight
 from nmt.training.fine_tune import STATE_FILE, check_fine_tuning, ignored_on_resume, is_resumable, model_folder
+from nmt.training.guidance import AlignmentScore, alignment_loss, check_guidance, guidance_weight
+from nmt.training.loss import output_positions, sequence_loss
 from nmt.training.optim import (
     make_optimizer,
     optimizer_from_safetensors,
@@ -64,6 +63,7 @@ from nmt.training.optim import (
 )
 from nmt.training.pretrained import apply_vectors
 from nmt.training.prune import apply_masks, load_masks
+from nmt.training.tracking import TRACKED_FILE, epoch_record, forced_attention, tracked_sentences, write_tracked
 from nmt.vocabulary import PAD_ID
 
 log = logging.getLogger(__name__)
