@@ -17,7 +17,8 @@
 
 Errors look like the Hub's: 404 (401 for private repos without the token) with an ``X-Error-Code``
 header (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) and a JSON ``{"error": ...}`` body.
-Only ``namespace/name`` model repos are modelled.
+Only ``namespace/name`` repos are modelled: model repos, and (for downloads) dataset repos, added with
+``add_repo(..., repo_type="dataset")`` and served under ``/api/datasets/...`` and ``/datasets/{repo}/resolve/...``.
 
 How tests use it: ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``... once, at
 import time, and the test process may already have imported it (with other settings). So client code
@@ -132,11 +133,13 @@ class FakeHub:
             return [(c.method, c.path) for c in self.calls]
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], revision_tag: str | None = None,
-                 private: bool = False) -> str:
+                 private: bool = False, repo_type: str = "model") -> str:
         """Create ``repo_id`` if needed and commit exactly ``files`` on ``main``; return the commit id.
 
-        ``revision_tag`` (a tag or branch name) is pointed at the new commit as well.
+        ``revision_tag`` (a tag or branch name) is pointed at the new commit as well. ``repo_type="dataset"``:
+        a dataset repo (kept apart from the model repo of the same name).
         """
+        repo_id = _key(repo_id, repo_type)
         with self._lock:
             repo = self._repos.setdefault(repo_id, _Repo(private=private))
             repo.private = private
@@ -145,8 +148,9 @@ class FakeHub:
                 repo.refs[revision_tag] = sha
             return sha
 
-    def repo_files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    def repo_files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
         """The files of ``repo_id`` at ``revision`` (a branch, a tag or a commit id)."""
+        repo_id = _key(repo_id, repo_type)
         with self._lock:
             repo = self._repos[repo_id]
             sha = repo.resolve(revision)
@@ -154,9 +158,9 @@ class FakeHub:
                 raise KeyError(f"{repo_id}@{revision}")
             return dict(repo.commits[sha])
 
-    def refs(self, repo_id: str) -> dict[str, str]:
+    def refs(self, repo_id: str, repo_type: str = "model") -> dict[str, str]:
         with self._lock:
-            return dict(self._repos[repo_id].refs)
+            return dict(self._repos[_key(repo_id, repo_type)].refs)
 
     def client_env(self, hf_home: str | os.PathLike, offline: bool = False, token: str | None = None,
                    base: dict[str, str] | None = None) -> dict[str, str]:
@@ -233,6 +237,12 @@ class FakeHub:
                     return _json(200, {"errors": [], "warnings": []})
                 if len(parts) >= 4 and parts[:2] == ["api", "models"]:
                     return self._api_models(req, f"{parts[2]}/{parts[3]}", parts[4:])
+                if len(parts) >= 4 and parts[:2] == ["api", "datasets"] and req.method == "GET":
+                    return self._api_models(req, _key(f"{parts[2]}/{parts[3]}", "dataset"), parts[4:])
+                if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve" \
+                        and req.method in ("GET", "HEAD"):
+                    return self._resolve(req, _key(f"{parts[1]}/{parts[2]}", "dataset"), parts[4],
+                                         "/".join(parts[5:]))
                 if len(parts) >= 5 and parts[2] == "resolve" and req.method in ("GET", "HEAD"):
                     return self._resolve(req, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
             raise HubError(404, None, f"Not found: {req.method} {req.path}")
@@ -265,9 +275,10 @@ class FakeHub:
         if req.method == "GET" and action in ("", "revision"):
             sha = self._revision(repo, rest[1] if action else "main")
             tree = repo.commits[sha]
+            public_id = repo_id.removeprefix("datasets/")  # (a dataset repo's key)
             return _json(200, {
-                "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
-                "author": repo_id.split("/")[0], "sha": sha, "private": repo.private, "gated": False,
+                "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": public_id, "modelId": public_id,
+                "author": public_id.split("/")[0], "sha": sha, "private": repo.private, "gated": False,
                 "disabled": False, "lastModified": _NOW, "createdAt": _NOW, "tags": [], "downloads": 0,
                 "likes": 0, "library_name": "nmt", "siblings": [{"rfilename": p} for p in sorted(tree)]})
         if req.method == "GET" and action == "tree" and len(rest) >= 2:
@@ -364,6 +375,13 @@ class FakeHub:
         sha = self._commit(repo_id, repo, branch, tree)
         return _json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{sha}",
                            "hookOutput": ""})
+
+
+def _key(repo_id: str, repo_type: str) -> str:
+    """Where a repo is kept: model repos under their id, dataset repos under ``datasets/{id}``."""
+    if repo_type not in ("model", "dataset"):
+        raise ValueError(f"FakeHub models model and dataset repos only, not {repo_type!r}")
+    return repo_id if repo_type == "model" else f"datasets/{repo_id}"
 
 
 def _json(status: int, payload, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -1,7 +1,8 @@
 """Training jobs for the app: one ``python -m nmt train`` subprocess at a time, a short FIFO queue behind it.
 
 A job trains a model on the first N pairs of the Multi30k training files (``$NMT_DATA``, the folder the
-app's examples come from) in a process of its own (one thread, lowered priority, its own process group),
+app's examples come from; without the direction's files there, the public Multi30k on the Hub, English and
+German only, downloaded once and cached: nmt.serving.hub_data) in a process of its own (one thread, lowered priority, its own process group),
 so the app keeps translating meanwhile. Each job has a folder under the jobs root (``$NMT_JOBS_DIR``,
 default ``~/.cache/nmt-app/jobs``)::
 
@@ -167,6 +168,20 @@ def check_data(folder: Path, request: JobRequest) -> None:
                        "without it).")
 
 
+def resolve_data(folder: Path, request: JobRequest, hub: bool = True) -> Path:
+    """The folder a job of ``request`` reads: ``folder`` when it has the direction's files, else (``hub``) the
+    public Multi30k on the Hub, downloaded once and cached (nmt.serving.hub_data); a JobError otherwise."""
+    if not hub:
+        check_data(folder, request)
+        return folder
+    from nmt.serving.hub_data import multi30k_folder
+
+    try:
+        return multi30k_folder(*request.languages, local=folder)
+    except NMTError as exc:
+        raise JobError(str(exc)) from exc
+
+
 def write_pairs(source: Path, target: Path, lines: int) -> int:
     """The first ``lines`` lines of the gzipped ``source`` into gzipped ``target`` (atomically); the count."""
     tmp = target.with_name(target.name + ".tmp")
@@ -240,9 +255,11 @@ class JobManager:
 
     def __init__(self, root: str | Path | None = None, data: str | Path | None = None,
                  max_waiting: int | None = None, max_seconds: float | None = None, python: str = sys.executable,
-                 nice: int | None = None, poll_s: float = 0.5, supervise: bool = True):
+                 nice: int | None = None, poll_s: float = 0.5, supervise: bool = True, hub_data: bool | None = None):
         self.root = Path(root or os.environ.get(JOBS_ENV) or DEFAULT_ROOT).expanduser()
         self.data = Path(data).expanduser() if data is not None else None  # None: data_dir() when a job starts
+        # Without the direction's files there, the Hub's Multi30k (default: only for the app's own data folder).
+        self.hub_data = data is None if hub_data is None else bool(hub_data)
         self.max_waiting = int(max_waiting if max_waiting is not None
                                else os.environ.get(MAX_WAITING_ENV) or DEFAULT_MAX_WAITING)
         self.max_seconds = float(max_seconds if max_seconds is not None
@@ -265,7 +282,7 @@ class JobManager:
         full queue, or a visitor who already has a waiting or running job."""
         owner = owner_key(token)
         request = request.validated()
-        check_data(self._data_dir(), request)
+        self.data_for(request)  # downloads the Hub's Multi30k if needed (not under the lock)
         with self._lock:
             mine = [j for j in self._jobs.values() if j.owner == owner and j.status in ACTIVE]
             if mine:
@@ -463,8 +480,7 @@ class JobManager:
         try:
             data = job.folder / "data"
             data.mkdir(exist_ok=True)
-            source = self._data_dir()
-            check_data(source, request)
+            source = self.data_for(request)
             for lang in request.languages:
                 write_pairs(source / f"train.{lang}.gz", data / f"train.{lang}.gz", request.pairs)
                 write_pairs(source / f"val.{lang}.gz", data / f"valid.{lang}.gz", VALID_PAIRS)
@@ -523,6 +539,10 @@ class JobManager:
 
     def _data_dir(self) -> Path:
         return self.data if self.data is not None else data_dir()
+
+    def data_for(self, request: JobRequest) -> Path:
+        """The Multi30k folder a job of ``request`` reads (see :func:`resolve_data`); JobError when there is none."""
+        return resolve_data(self._data_dir(), request, hub=self.hub_data)
 
     def _save(self, job: Job) -> None:
         write_json(job.folder / "job.json", job.to_json())
