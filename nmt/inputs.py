@@ -109,12 +109,12 @@ class SourceInputs:
 
     @classmethod
     def build(cls, sentences: list[list[str]], mode: str, chars: Vocabulary | None, max_word_length: int,
-              vocab_size: int, min_freq: int = 1) -> "SourceInputs":
+              vocab_size: int, min_freq: int = 1, parsed: list[tuple] | None = None) -> "SourceInputs":
         """The vocabularies of the training sources: words (their keys) and feature values; ``chars``
-        (``char_vocabulary``) with character inputs."""
+        (``char_vocabulary``) with character inputs. ``parsed``: ``parse_all``'s result, if made already."""
         if mode not in FEATURE_MODES:
             raise ValueError(f"source features must be one of {FEATURE_MODES} (got {mode!r})")
-        parsed = cls.parse_all(sentences, mode)
+        parsed = cls.parse_all(sentences, mode) if parsed is None else parsed
         words = Vocabulary.build([keys for _, keys, _ in parsed], vocab_size, min_freq)
         n_features = next((len(fs[0]) for _, _, fs in parsed if fs), 0)
         check_feature_count(parsed, n_features)

@@ -57,8 +57,8 @@ def alignments_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """``$NMT_DATA``, else the catalog's default data folder (where the app's examples come from)."""
-    return Path(os.environ.get(catalog.DATA_ENV) or catalog.DEFAULT_DATA).expanduser()
+    """The app's data folder (``catalog.data_folder``), where the app's examples come from."""
+    return catalog.data_folder()
 
 
 # ----------------------------------------------------------------------------- looking up

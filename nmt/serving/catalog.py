@@ -337,10 +337,15 @@ def _scores_text(scores: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- examples
+def data_folder() -> Path:
+    """The Multi30k folder of the app: ``$NMT_DATA``, else ``../shared/data/multi30k`` next to the repository."""
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA).expanduser()
+
+
 def validation_examples(lang: str, n: int = 6, data_dir: str | Path | None = None) -> list[str]:
-    """``n`` short sentences of ``val.{lang}.gz`` (``$NMT_DATA``, default ``../shared/data/multi30k``),
+    """``n`` short sentences of ``val.{lang}.gz`` (default: the app's data folder, ``data_folder()``),
     else a few built-in sentences."""
-    folder = Path(data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA)
+    folder = Path(data_dir) if data_dir else data_folder()
     try:
         with gzip.open(folder / f"val.{lang}.gz", "rt", encoding="utf-8") as fh:
             lines = [line.strip() for _, line in zip(range(200), fh)]

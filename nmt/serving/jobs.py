@@ -53,6 +53,9 @@ from pathlib import Path
 from nmt.checkpoint import read_metrics, remove_leftovers, resolve_dir
 from nmt.config import ATTENTION_KINDS
 from nmt.errors import NMTError
+from nmt.hub import REQUIRED_FILES
+from nmt.safe_io import atomic_output
+from nmt.serving.hub_data import missing_files
 
 logger = logging.getLogger(__name__)
 
@@ -150,17 +153,15 @@ def train_command(request: JobRequest, data: Path, run: Path, python: str = sys.
 
 
 def data_dir() -> Path:
-    """``$NMT_DATA``, else the app's default (``../shared/data/multi30k`` next to the repository)."""
-    from nmt.serving.catalog import DEFAULT_DATA
+    """The app's data folder (``catalog.data_folder``: ``$NMT_DATA`` or its default)."""
+    from nmt.serving.catalog import data_folder
 
-    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA).expanduser()
+    return data_folder()
 
 
 def check_data(folder: Path, request: JobRequest) -> None:
     """A JobError with a clear message when the Multi30k files of the direction are missing."""
-    src, tgt = request.languages
-    missing = [f"{split}.{lang}.gz" for split in ("train", "val") for lang in (src, tgt)
-               if not (folder / f"{split}.{lang}.gz").is_file()]
+    missing = missing_files(folder, *request.languages)
     if missing:
         raise JobError(f"Training needs the Multi30k data, and {', '.join(missing)} "
                        f"{'is' if len(missing) == 1 else 'are'} not in {folder}. Set {DATA_ENV} to the folder "
@@ -240,12 +241,8 @@ class Job:
 
 def write_json(path: Path, value: dict) -> None:
     """``path`` replaced atomically by ``value`` as JSON."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_output(path, "job file") as fh:
         json.dump(value, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class JobManager:
@@ -256,7 +253,7 @@ class JobManager:
     def __init__(self, root: str | Path | None = None, data: str | Path | None = None,
                  max_waiting: int | None = None, max_seconds: float | None = None, python: str = sys.executable,
                  nice: int | None = None, poll_s: float = 0.5, supervise: bool = True, hub_data: bool | None = None):
-        self.root = Path(root or os.environ.get(JOBS_ENV) or DEFAULT_ROOT).expanduser()
+        self.root = jobs_root(root)
         self.data = Path(data).expanduser() if data is not None else None  # None: data_dir() when a job starts
         # Without the direction's files there, the Hub's Multi30k (default: only for the app's own data folder).
         self.hub_data = data is None if hub_data is None else bool(hub_data)
@@ -381,8 +378,8 @@ class JobManager:
         job = self.get(job_id, token)
         with self._lock:
             running = job.status == "running"
-        best = resolve_dir(job.run_dir / "best") if job.run_dir.is_dir() else None
-        if best is not None and (best / "model.safetensors").is_file() and (best / "config.json").is_file():
+        best = usable_best(job.run_dir)
+        if best is not None:
             return best
         if missing_ok:
             return None
@@ -390,7 +387,7 @@ class JobManager:
                                                           job.status == "waiting" else "no epoch was finished."))
 
     def zip_model(self, job_id: str, token: str) -> Path:
-        """The job's best checkpoint folder as ``model-<direction>-<attention>.zip`` (made once, atomically)."""
+        """The job's best checkpoint folder as ``nmt-<direction>-<attention>-<preset>.zip`` (made once, atomically)."""
         job, best = self.get(job_id, token), self.model_dir(job_id, token)
         name = f"nmt-{job.request.direction}-{job.request.attention}-{job.request.preset}"
         target = job.folder / f"{name}.zip"
@@ -671,8 +668,15 @@ def manager() -> JobManager:
         return _MANAGER
 
 
-def jobs_root() -> Path:
-    return Path(os.environ.get(JOBS_ENV) or DEFAULT_ROOT).expanduser()
+def jobs_root(root: str | Path | None = None) -> Path:
+    """``root``, else ``$NMT_JOBS_DIR``, else ``~/.cache/nmt-app/jobs``."""
+    return Path(root or os.environ.get(JOBS_ENV) or DEFAULT_ROOT).expanduser()
+
+
+def usable_best(run_dir: Path) -> Path | None:
+    """A run's ``best/`` if it holds a whole checkpoint (``nmt.hub.REQUIRED_FILES``), else None."""
+    best = resolve_dir(run_dir / "best")
+    return best if all((best / name).is_file() for name in REQUIRED_FILES) else None
 
 
 def trained_model_dir(job_id: str, root: str | Path | None = None) -> Path:
@@ -685,11 +689,11 @@ def trained_model_dir(job_id: str, root: str | Path | None = None) -> Path:
     if len(job_id) != 24 or not set(job_id) <= _JOB_ID_CHARS:
         raise JobError(f"{JOB_PREFIX}{job_id} is not a trained model of this app (expected job: and a 24-character "
                        "job id, as the Train tab shows).")
-    folder = Path(root).expanduser() if root is not None else jobs_root()
+    folder = jobs_root(root)
     if not (folder / job_id / "job.json").is_file():
         raise JobError(f"There is no training job {job_id} in this app (its jobs are in {folder}).")
-    best = resolve_dir(folder / job_id / "run" / "best")
-    if not ((best / "model.safetensors").is_file() and (best / "config.json").is_file()):
+    best = usable_best(folder / job_id / "run")
+    if best is None:
         raise JobError(f"Training job {job_id} has no model yet: its first epoch is not finished.")
     return best
 
@@ -700,8 +704,7 @@ def browser_secret(root: str | Path | None = None) -> str:
     finds its jobs after the app restarted."""
     if os.environ.get("NMT_BROWSER_SECRET"):
         return os.environ["NMT_BROWSER_SECRET"]
-    folder = Path(root).expanduser() if root is not None else jobs_root()
-    path = folder / ".browser-secret"
+    path = jobs_root(root) / ".browser-secret"
     try:
         return path.read_text().strip() or _new_secret(path)
     except FileNotFoundError:

@@ -28,15 +28,19 @@ class Vocabularies:
                                    cfg.max_word_length)
 
 
-def build_vocabularies(src_tok: list[list[str]], tgt_tok: list[list[str]], m: ModelConfig, v: VocabConfig) -> Vocabularies:
-    """New vocabularies of the tokenized training data; their sizes go into ``m`` (the model's config)."""
-    words = [w for w, _, _ in SourceInputs.parse_all(src_tok, m.src_features)]
+def build_vocabularies(src_tok: list[list[str]], tgt_tok: list[list[str]], m: ModelConfig, v: VocabConfig,
+                       parsed: list[tuple] | None = None) -> Vocabularies:
+    """New vocabularies of the tokenized training data; their sizes go into ``m`` (the model's config).
+    ``parsed``: ``SourceInputs.parse_all(src_tok, m.src_features)``, if made already."""
+    parsed = SourceInputs.parse_all(src_tok, m.src_features) if parsed is None else parsed
+    words = [w for w, _, _ in parsed]
     chars = char_vocabulary(words + (tgt_tok if m.use_chars_dec else [])) if m.use_chars_enc or m.use_chars_dec else None
-    inputs = SourceInputs.build(src_tok, m.src_features, chars, m.max_word_length, v.src_vocab_size, v.min_freq)
+    inputs = SourceInputs.build(src_tok, m.src_features, chars, m.max_word_length, v.src_vocab_size, v.min_freq, parsed)
     if v.src_vocab_file:
-        inputs = SourceInputs(read_vocab_file(v.src_vocab_file), m.src_features, chars, inputs.features, m.max_word_length)
-    tgt_vocab = read_vocab_file(v.tgt_vocab_file) if v.tgt_vocab_file else Vocabulary.build(tgt_tok, v.tgt_vocab_size,
-                                                                                             v.min_freq)
+        inputs = SourceInputs(read_vocab_file(v.src_vocab_file), m.src_features, chars, inputs.features,
+                              m.max_word_length)
+    tgt_vocab = (read_vocab_file(v.tgt_vocab_file) if v.tgt_vocab_file
+                 else Vocabulary.build(tgt_tok, v.tgt_vocab_size, v.min_freq))
     m.src_vocab, m.tgt_vocab = len(inputs.words), len(tgt_vocab)
     m.char_vocab, m.feature_vocabs = len(chars) if chars else 0, tuple(len(f) for f in inputs.features)
     return Vocabularies(inputs.words, tgt_vocab, chars, inputs.features, m)
@@ -112,8 +116,9 @@ def raw_training_pairs(d: DataConfig, m: ModelConfig, v: VocabConfig, saved):
     src_all, tgt_all, keep = tokenize_pairs(d.train_src, d.train_tgt, d.src_lang, d.tgt_lang, d.max_len, m.src_features)
     links = read_alignments(d.alignfile, [len(x) for x in src_all], [len(x) for x in tgt_all]) if d.alignfile else None
     src_tok, tgt_tok = [src_all[i] for i in keep], [tgt_all[i] for i in keep]
-    saved = saved or build_vocabularies(src_tok, tgt_tok, m, v)
-    src_keys = [keys for _, keys, _ in SourceInputs.parse_all(src_tok, m.src_features)]
+    parsed = SourceInputs.parse_all(src_tok, m.src_features)  # (once: the vocabularies and the filter read it)
+    saved = saved or build_vocabularies(src_tok, tgt_tok, m, v, parsed)
+    src_keys = [keys for _, keys, _ in parsed]
     log.info("vocabularies cover %.2f%% of the training source tokens and %.2f%% of the target's",
              100 * coverage(src_keys, saved.src_vocab), 100 * coverage(tgt_tok, saved.tgt_vocab))
     if d.unkfilter:
@@ -132,6 +137,9 @@ def preprocessed_pairs(d: DataConfig, m: ModelConfig, saved):
     a resumed or fine-tuned run must share."""
     if d.unkfilter:
         raise ValueError("--unkfilter applies to raw training files, not to a --data folder (preprocess without it)")
+    if m.src_features or m.use_chars_enc or m.use_chars_dec:  # (also a fine-tuned or resumed model's)
+        raise DataError(f"{d.data}: a preprocessed folder holds word ids only; character or feature inputs need "
+                        "the raw files (--train-src/--train-tgt)")
     data = ShardedDataset.open(d.data)
     if (data.src_lang, data.tgt_lang) != (d.src_lang, d.tgt_lang):
         raise ValueError(f"{d.data} holds {data.src_lang}-{data.tgt_lang} pairs, not {d.src_lang}-{d.tgt_lang} "

@@ -1,7 +1,7 @@
 """Attention over training: after every epoch, the greedy translation and attention of a few fixed
 sentences (the first ``--track-sentences`` validation ones, or ``--track-file``'s), one JSON line per
-epoch in ``tracked.jsonl`` (the save dir's, copied into ``best/``): the app plays them epoch by epoch
-(``nmt.serving.tracked``), the diagonal forming as the translation improves.
+epoch in ``tracked.jsonl`` (``nmt.hub.TRACKED_FILE``: the save dir's, copied into ``best/``): the app
+plays them epoch by epoch (``nmt.serving.tracked``), the diagonal forming as the translation improves.
 
 A line: ``{"epoch": 3, "sentences": [{"source": [...], "translation": [...], "attention": [[...]]}]}``;
 ``attention`` has a row per translation word (the step that produced it) and one for ``</s>``, a
@@ -11,14 +11,13 @@ column per source word, rounded to 3 decimals (about 1 KB a sentence and epoch);
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from nmt.data import ParallelDataset, read_lines, tokenize_all
-from nmt.errors import CheckpointError
-from nmt.hub import TRACKED_FILE
+from nmt.errors import CheckpointError, DataError
+from nmt.safe_io import atomic_output
 
 MAX_TRACKED = 20  # sentences
 
@@ -29,7 +28,8 @@ def tracked_sentences(train_cfg, valid_src_tok: list[list[str]], valid_ids: list
     if not 0 <= n <= MAX_TRACKED:
         raise ValueError(f"--track-sentences must be between 0 and {MAX_TRACKED} (got {n})")
     if train_cfg.track_file:
-        tokens = [t for t in tokenize_all(read_lines(train_cfg.track_file), data_cfg.src_lang) if t][:MAX_TRACKED]
+        lines = read_lines(train_cfg.track_file)
+        tokens = [t for t in tokenize_all(lines, data_cfg.src_lang, inputs.mode == "inline") if t][:MAX_TRACKED]
         return tokens, [inputs.encode(t, f"{train_cfg.track_file} sentence {i + 1}") for i, t in enumerate(tokens)]
     keep = [i for i, t in enumerate(valid_src_tok) if t][:n]
     return [valid_src_tok[i] for i in keep], [valid_ids[i] for i in keep]
@@ -60,9 +60,8 @@ def forced_attention(model, src_ids: list, outputs: list[list[int]], device) -> 
 
 def write_tracked(records: list[dict], path: Path) -> None:
     """``path`` with one line per epoch, replaced atomically."""
-    tmp = path.with_suffix(".jsonl.tmp")
     try:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {path} ({exc.strerror or exc})") from None
+        with atomic_output(path, "tracked sentences") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None

@@ -44,7 +44,7 @@ from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
 from nmt.errors import CheckpointError, NMTError
 from nmt.evaluation import corpus_scores, perplexity
-from nmt.hub import MASKS_FILE
+from nmt.hub import MASKS_FILE, TRACKED_FILE
 from nmt.model.seq2seq import Seq2Seq
 from nmt.safe_io import atomic_output
 from nmt.tokenization import get_tokenizer
@@ -63,7 +63,7 @@ from nmt.training.optim import (
 )
 from nmt.training.pretrained import apply_vectors
 from nmt.training.prune import apply_masks, load_masks
-from nmt.training.tracking import TRACKED_FILE, epoch_record, forced_attention, tracked_sentences, write_tracked
+from nmt.training.tracking import epoch_record, forced_attention, tracked_sentences, write_tracked
 from nmt.vocabulary import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class Trainer:
                 if not math.isfinite(seen):
                     raise self._diverged(epoch, f"the training loss became {seen} at batch {number}")
             now = time.perf_counter()
-            if self.cfg.print_every and number % self.cfg.print_every == 0 and n_tgt and not hidden:
+            if self.cfg.print_every and number % self.cfg.print_every == 0 and n_tgt and (self.dist is None or self.dist.is_main):
                 log.info("epoch %d, batch %d of %d: loss %.3f, ppl %.1f, %.0f tok/s", epoch, number, len(batches),
                          float(total_loss) / n_tgt, perplexity(-float(total_nll), n_tgt),
                          (n_src + n_tgt) * world / (now - start))
