@@ -34,7 +34,7 @@ from nmt.hub import (  # the file names, shared with the Hub client (which needs
 )
 from nmt.inputs import SourceInputs, spellings
 from nmt.model.seq2seq import Seq2Seq
-from nmt.safe_io import KIB, MAX_LEXICON_BYTES, MIB, checkpoint_file, decode_lines, read_capped
+from nmt.safe_io import KIB, MAX_LEXICON_BYTES, MIB, checkpoint_file, current_umask, decode_lines, read_capped
 from nmt.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -157,9 +157,12 @@ class _AtomicDir:
                                "a writable folder (--save-dir). The previous checkpoint there, if any, is kept.")
 
     def _commit(self) -> None:
+        mask = current_umask()
         for f in self.tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, 0o666 & ~mask)  # (safetensors and mkdtemp make them private; a checkpoint is shared)
+        os.chmod(self.tmp, 0o777 & ~mask)
         old = self.final.with_name(f".{self.final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if self.final.exists():

@@ -105,7 +105,7 @@ def atomic_output(path: str | Path, what: str = "output file") -> Iterator[IO[st
     except OSError as exc:
         raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
     try:
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask())
     except OSError as exc:
         os.close(fd)
         _remove(tmp)
@@ -133,7 +133,8 @@ def _opened(path: Path, what: str) -> Iterator[IO[str]]:
         raise DataError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (files made by mkstemp/mkdtemp are private; the ones saved get the usual mode)."""
     mask = os.umask(0)  # (the only way to read it: set and restore)
     os.umask(mask)
     return mask

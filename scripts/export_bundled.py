@@ -2,10 +2,12 @@
 
     python scripts/export_bundled.py de-en-general [--run runs/de-en-general] [--out checkpoints/de-en-general]
 
-The length penalty is chosen on the validation set (never on the test set); the test score is
-computed once, with beam 5 and UNK replacement, and recorded in config.json and the model card,
-with the validation BLEU of fp32 and int8 search (``nmt.engines.int8``: int8 becomes the default on a
-CPU when it keeps that BLEU within 0.3).
+The weights and the length penalty are chosen on the validation set (never on the test set): the
+run's best epoch (``best/``) or, when the run kept its last epochs (``--keep-checkpoints``), their
+average (``nmt.training.average``). The test score is computed once, with beam 5 and UNK
+replacement, and recorded in config.json and the model card, with the validation BLEU of fp32 and
+int8 search (``nmt.engines.int8``: int8 becomes the default on a CPU when it keeps that BLEU within
+0.3). The run's ``tracked.jsonl`` (the attention forming, epoch by epoch) comes along.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,8 +29,11 @@ from nmt.checkpoint import load_checkpoint, read_metrics, save_checkpoint  # noq
 from nmt.data import read_parallel  # noqa: E402
 from nmt.engines.int8 import measure_int8  # noqa: E402
 from nmt.evaluation import corpus_scores  # noqa: E402
+from nmt.hub import TRACKED_FILE  # noqa: E402
 from nmt.serving.model_card import model_card  # noqa: E402
+from nmt.serving.tracked import read_tracked  # noqa: E402
 from nmt.serving.translator import Translator  # noqa: E402
+from nmt.training.average import average_checkpoints  # noqa: E402
 
 
 def hardware() -> str:
@@ -48,6 +54,20 @@ def bleu(translator: Translator, src: list[str], ref: list[str], **decode) -> tu
     return scores.bleu, scores
 
 
+def tune(translator: Translator, src: list[str], ref: list[str], penalties: list[float]) -> dict[float, float]:
+    """Validation BLEU at each length penalty (beam 5, UNK replacement where there is attention)."""
+    unk = translator.has_attention
+    return {lp: bleu(translator, src, ref, beam_size=5, replace_unk=unk, length_penalty=lp)[0] for lp in penalties}
+
+
+def candidates(run: Path, best):
+    """The run's best epoch and, when it kept its last epochs (``epoch-K/``), their average."""
+    yield "best epoch", best
+    kept = sorted(run.glob("epoch-*"), key=lambda p: int(p.name.removeprefix("epoch-")))
+    if len(kept) > 1:
+        yield f"average of {', '.join(p.name for p in kept)}", average_checkpoints(kept)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name")
@@ -58,14 +78,19 @@ def main() -> None:
     args = p.parse_args()
     run = Path(args.run or ROOT / "runs" / args.name)
     out = Path(args.out or ROOT / "checkpoints" / args.name)
-    ckpt = load_checkpoint(run / "best")
-    src_l, tgt_l = ckpt.src_lang, ckpt.tgt_lang
+    best = load_checkpoint(run / "best")
+    src_l, tgt_l = best.src_lang, best.tgt_lang
+    val_src, val_ref = read_parallel(f"{args.data}/val.{src_l}.gz", f"{args.data}/val.{tgt_l}.gz")
+    choices = []  # (validation BLEU, length penalty, name, checkpoint, tuned)
+    for name, ckpt in candidates(run, best):
+        tuned = tune(Translator(ckpt, "cpu"), val_src, val_ref, args.penalties)
+        lp = max(tuned, key=tuned.get)
+        print(f"{name}: validation BLEU by length penalty", {k: round(v, 2) for k, v in tuned.items()}, "->", lp)
+        choices.append((tuned[lp], lp, name, ckpt, tuned))
+    _, best_lp, chosen, ckpt, tuned = max(choices, key=lambda c: c[0])
+    print("chosen on validation:", chosen)
     translator = Translator(ckpt, "cpu")
     unk = translator.has_attention
-    val_src, val_ref = read_parallel(f"{args.data}/val.{src_l}.gz", f"{args.data}/val.{tgt_l}.gz")
-    tuned = {lp: bleu(translator, val_src, val_ref, beam_size=5, replace_unk=unk, length_penalty=lp)[0] for lp in args.penalties}
-    best_lp = max(tuned, key=tuned.get)
-    print("validation BLEU by length penalty:", {k: round(v, 2) for k, v in tuned.items()}, "->", best_lp)
     test_src, test_ref = read_parallel(f"{args.data}/test_2016_flickr.{src_l}.gz", f"{args.data}/test_2016_flickr.{tgt_l}.gz")
     _, scores = bleu(translator, test_src, test_ref, beam_size=5, replace_unk=unk, length_penalty=best_lp)
     print(scores)
@@ -78,9 +103,12 @@ def main() -> None:
     print("validation BLEU fp32 / int8:", extra["int8"])
     bundled = dataclasses.replace(ckpt, extra=extra)  # (its vocabularies: words, and characters or features)
     save_checkpoint(bundled, out, dtype=torch.float16, metrics=run / "metrics.jsonl")
+    if (run / TRACKED_FILE).is_file():
+        shutil.copyfile(run / TRACKED_FILE, out / TRACKED_FILE)
     metrics = read_metrics(out)
     amp = "AMP=1 " if isinstance(ckpt.extra.get("train"), dict) and ckpt.extra["train"].get("amp") else ""
-    card = model_card(bundled, extra["scores"], f"{amp}scripts/train_bundled.sh {args.name}", hardware(), metrics)
+    card = model_card(bundled, extra["scores"], f"{amp}scripts/train_bundled.sh {args.name}", hardware(), metrics,
+                      tracked=read_tracked(out))
     card.save(out / "README.md")
     reloaded = Translator(load_checkpoint(out), "cpu")
     check, _ = bleu(reloaded, test_src[:200], test_ref[:200], **decode)

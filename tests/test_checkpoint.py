@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -24,6 +25,18 @@ def test_reload_gives_identical_outputs(tiny_translator, tmp_path):
     assert [[(c.text, c.score) for c in r.n_best] for r in a] == [[(c.text, c.score) for c in r.n_best] for r in b]
     for x, y in zip(a, b):
         assert (x.attention == y.attention).all()
+
+
+def test_a_saved_checkpoint_is_readable_by_others_as_the_umask_allows(tiny_translator, tmp_path):
+    """(The temporary folder and safetensors' file are private until the checkpoint is committed.)"""
+    old = os.umask(0o027)
+    try:
+        folder = save_checkpoint(tiny_translator.checkpoint, tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == dict.fromkeys(
+        ["config.json", "model.safetensors", "src.vocab", "tgt.vocab"], 0o640)
 
 
 def test_tied_embeddings_are_saved_once_and_reloaded_tied(tmp_path):

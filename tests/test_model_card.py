@@ -38,3 +38,21 @@ def test_card_of_a_model_without_attention(tiny_translators, tmp_path):
     card = card_for(tiny_translators["none"], False, tmp_path)
     assert "without attention" in card.text and "no UNK replacement" in card.text
     assert "attentional" not in card.text and "attention-none" in card.data.tags
+
+
+def test_card_says_how_the_weights_were_made(tiny_translators):
+    ckpt = tiny_translators["general"].checkpoint
+
+    def text(extra):
+        return model_card(Checkpoint(ckpt.model, ckpt.src_vocab, ckpt.tgt_vocab, "de", "en", extra), SCORES,
+                          "cmd", "a CPU", METRICS).text
+
+    guided = text({"train": {"guided_alignment": True, "guided_alignment_weight": 0.5, "guided_alignment_decay": 0.9},
+                   "checkpoint": {"epoch": 17}})
+    assert "guided towards word alignments" in guided and "weight 0.5, decay 0.9" in guided
+    assert "The weights are epoch 17's." in guided
+    averaged = text({"train": {"guided_alignment": False}, "checkpoint": {"epoch": 16},
+                     "averaged": ["runs/r/epoch-16", "runs/r/epoch-17", "runs/r/epoch-18"]})
+    assert "average of 3 checkpoints (epoch-16, epoch-17, epoch-18)" in averaged
+    assert "guided" not in averaged and "epoch 16's" not in averaged
+    assert "The weights are" not in text({})

@@ -60,7 +60,7 @@ import torch
 
 from nmt.data import pad
 from nmt.errors import DataError, NMTError
-from nmt.safe_io import MIB, atomic_output
+from nmt.safe_io import MIB, atomic_output, current_umask
 from nmt.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def _array_file(path: Path, layout: dict[str, tuple[tuple, str]]) -> Iterator[di
     header = _header(layout)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # (mkstemp makes it 0600; a new file gets the usual mode)
+        os.chmod(tmp, 0o666 & ~current_umask())  # (mkstemp makes it 0600; a new file gets the usual mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(header)
             fh.truncate(_file_bytes(layout))
@@ -275,12 +275,6 @@ def _array_file(path: Path, layout: dict[str, tuple[tuple, str]]) -> Iterator[di
         except OSError:
             pass
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # (the only way to read it: set and restore)
-    os.umask(mask)
-    return mask
 
 
 def _fill(views: dict[str, np.ndarray], states: States, chunk: list[int], offsets: dict[str, np.ndarray],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -85,7 +86,7 @@ beam {decode.get('beam_size', 5)}, {unk}, length penalty {decode.get('length_pen
 
 sacreBLEU signature: `{scores.get('bleu_signature', '')}`
 
-**Training.** {len(metrics)} epochs, {minutes:.0f} minutes on {hardware}. Command:
+**Training.** {len(metrics)} epochs, {minutes:.0f} minutes on {hardware}.{_recipe_text(ckpt.extra)} Command:
 
 ```bash
 {command}
@@ -104,6 +105,23 @@ print(t.translate(["..."], beam_size=5, replace_unk=True)[0].text)
 ```
 """
     return ModelCard(text)
+
+
+def _recipe_text(extra: dict) -> str:
+    """What the training table alone does not say: guided alignment, and which epoch's weights these are."""
+    train = extra.get("train") if isinstance(extra.get("train"), dict) else {}
+    parts = []
+    if train.get("guided_alignment"):
+        parts.append(f" Attention guided towards word alignments (Chen et al. 2016; weight "
+                     f"{train.get('guided_alignment_weight')}, decay {train.get('guided_alignment_decay')}).")
+    averaged = extra.get("averaged")
+    epoch = extra["checkpoint"].get("epoch") if isinstance(extra.get("checkpoint"), dict) else None
+    if isinstance(averaged, list) and averaged:
+        names = ", ".join(Path(str(a)).name for a in averaged)
+        parts.append(f" The weights are the average of {len(averaged)} checkpoints ({names}).")
+    elif isinstance(epoch, int):
+        parts.append(f" The weights are epoch {epoch}'s.")
+    return "".join(parts)
 
 
 def _tracked_text(tracked: list[dict] | None) -> str:

@@ -105,8 +105,8 @@ def load_corpus(d: DataConfig, m: ModelConfig, v: VocabConfig, saved=None) -> Co
             raise ValueError(f"--{name.replace('_', '-')} is required")
     vocabs, train, links = preprocessed_pairs(d, m, saved) if d.data else raw_training_pairs(d, m, v, saved)
     corpus = validation_pairs(d, m, vocabs, train, links)
-    log.info("%d training pairs, %d validation pairs; vocabularies: %s source, %d target words",
-             len(corpus.train), len(corpus.valid), vocabs.inputs.describe(), len(vocabs.tgt_vocab))
+    log.info("%d training pairs, %d validation pairs; vocabularies: source %s, target %s words",
+             len(corpus.train), len(corpus.valid), vocabs.inputs.describe(), f"{len(vocabs.tgt_vocab):,}")
     return corpus
 
 
