@@ -63,7 +63,9 @@ def read_capped(path: Path, limit: int, what: str = "file", error: type = Checkp
         if size > limit:
             raise error(f"{path}: the {what} is {size / MIB:.1f} MiB, over the limit of {limit / MIB:.1f} MiB")
         with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+            data = fh.read(size + 1)  # (not limit + 1: read(n) allocates n bytes up front)
+            if len(data) > size:  # it grew since stat: read on, up to just past the limit
+                data += fh.read(limit + 1 - len(data))
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     if len(data) > limit:  # (it grew while we read it)

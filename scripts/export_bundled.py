@@ -36,7 +36,8 @@ from nmt.serving.translator import Translator  # noqa: E402
 from nmt.training.average import average_checkpoints  # noqa: E402
 
 
-def hardware() -> str:
+def hardware(threads: int = 0) -> str:
+    """The CPU the run trained on (this one), and with how many threads when it was told (--threads)."""
     name = platform.processor() or "CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -45,7 +46,8 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores of an {name} (no GPU)"
+    where = f"{os.cpu_count()} cores of an {name} (no GPU)"
+    return f"{threads} thread{'s' if threads > 1 else ''} of {where}" if threads else where
 
 
 def bleu(translator: Translator, src: list[str], ref: list[str], **decode) -> tuple[float, object]:
@@ -68,6 +70,16 @@ def candidates(run: Path, best):
         yield f"average of {', '.join(p.name for p in kept)}", average_checkpoints(kept)
 
 
+def write_card(folder: Path, name: str) -> None:
+    """The Hub model card of an exported folder, from its config, training curves and tracked sentences."""
+    ckpt = load_checkpoint(folder)
+    train = ckpt.extra.get("train") if isinstance(ckpt.extra.get("train"), dict) else {}
+    amp = "AMP=1 " if train.get("amp") else ""
+    card = model_card(ckpt, ckpt.extra["scores"], f"{amp}scripts/train_bundled.sh {name}",
+                      hardware(int(train.get("threads") or 0)), read_metrics(folder), tracked=read_tracked(folder))
+    card.save(folder / "README.md")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name")
@@ -75,9 +87,13 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k"))
     p.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.4, 0.7, 1.0])
+    p.add_argument("--card-only", action="store_true", help="only rewrite the model card of the exported --out")
     args = p.parse_args()
     run = Path(args.run or ROOT / "runs" / args.name)
     out = Path(args.out or ROOT / "checkpoints" / args.name)
+    if args.card_only:
+        write_card(out, args.name)
+        return
     best = load_checkpoint(run / "best")
     src_l, tgt_l = best.src_lang, best.tgt_lang
     val_src, val_ref = read_parallel(f"{args.data}/val.{src_l}.gz", f"{args.data}/val.{tgt_l}.gz")
@@ -105,11 +121,7 @@ def main() -> None:
     save_checkpoint(bundled, out, dtype=torch.float16, metrics=run / "metrics.jsonl")
     if (run / TRACKED_FILE).is_file():
         shutil.copyfile(run / TRACKED_FILE, out / TRACKED_FILE)
-    metrics = read_metrics(out)
-    amp = "AMP=1 " if isinstance(ckpt.extra.get("train"), dict) and ckpt.extra["train"].get("amp") else ""
-    card = model_card(bundled, extra["scores"], f"{amp}scripts/train_bundled.sh {args.name}", hardware(), metrics,
-                      tracked=read_tracked(out))
-    card.save(out / "README.md")
+    write_card(out, args.name)
     reloaded = Translator(load_checkpoint(out), "cpu")
     check, _ = bleu(reloaded, test_src[:200], test_ref[:200], **decode)
     ref200, _ = bleu(translator, test_src[:200], test_ref[:200], **decode)

@@ -27,7 +27,7 @@ from nmt.config import MAX_BEAM_SIZE, DecodeConfig
 from nmt.errors import CheckpointError, DataError
 from nmt.evaluation import perplexity
 from nmt.hub import parse_repo_ref, push_checkpoint
-from nmt.safe_io import checkpoint_file, decode_lines
+from nmt.safe_io import checkpoint_file, decode_lines, read_capped
 from nmt.serving import catalog
 from nmt.serving.translator import Translator
 
@@ -385,3 +385,19 @@ def test_the_model_card_escapes_what_the_checkpoint_says(tiny_translator):
     card = catalog.card_markdown(info)
     assert all(raw not in card for raw in ("<b>", "<img", "[a]", "<iframe", "<script")), card
     assert "&lt;iframe&gt;" in card
+
+
+class _StaleSize(type(Path())):
+    """A path whose stat() reports 5 bytes: the file grew after it was measured."""
+
+    def stat(self, *args, **kwargs):
+        real = os.stat(self)
+        return os.stat_result((real.st_mode, *real[1:6], 5, *real[7:]))
+
+
+def test_read_capped_reads_a_file_that_grew_and_still_refuses_one_past_the_limit(tmp_path):
+    (tmp_path / "small").write_bytes(b"x" * 12)
+    (tmp_path / "big").write_bytes(b"y" * 30)
+    assert read_capped(_StaleSize(tmp_path / "small"), 20) == b"x" * 12
+    with pytest.raises(CheckpointError, match="over the limit"):
+        read_capped(_StaleSize(tmp_path / "big"), 20)
