@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
 # The vector extensions that decide which kernels run (fp32 AVX2 / AVX-512, int8 VNNI, bf16 AMX)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+@functools.cache
+def cpu_bf16_problem() -> str | None:
+    """Why bf16 autocast cannot train here (oneDNN's bf16 LSTM needs AVX-512 bf16 or AMX), or None."""
+    lstm = torch.nn.LSTM(8, 8, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 8))
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:80]
+    return None
 
 
 def pick_device(name: str | torch.device | None = None) -> torch.device:

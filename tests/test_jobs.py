@@ -217,6 +217,14 @@ def test_train_command_uses_one_thread_and_the_preset(tmp_path):
     assert command[command.index("--emb-size") + 1] == "256" and "--tie-embeddings" in command
 
 
+@pytest.mark.parametrize("preset, problem, amp", [("bundled", None, True), ("bundled", "no bf16 LSTM", False),
+                                                  ("small", None, False), ("tiny", None, False)])
+def test_the_bundled_preset_trains_in_bf16_where_the_cpu_can(monkeypatch, tmp_path, preset, problem, amp):
+    monkeypatch.setattr(jobs_module, "cpu_bf16_problem", lambda: problem)
+    command = jobs_module.train_command(JobRequest("de-en", "general", preset, 3, 500), tmp_path / "d", tmp_path / "r")
+    assert ("--amp" in command) == amp
+
+
 # ----------------------------------------------------------------------------- a finished job, in the app and on the Hub
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

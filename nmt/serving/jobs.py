@@ -52,6 +52,7 @@ from pathlib import Path
 
 from nmt.checkpoint import read_metrics, remove_leftovers, resolve_dir
 from nmt.config import ATTENTION_KINDS
+from nmt.device import cpu_bf16_problem
 from nmt.errors import NMTError
 from nmt.hub import REQUIRED_FILES
 from nmt.safe_io import atomic_output
@@ -143,9 +144,12 @@ def _whole(value, what: str) -> int:
 
 
 def train_command(request: JobRequest, data: Path, run: Path, python: str = sys.executable) -> list[str]:
-    """The ``python -m nmt train`` command of a job (one CPU thread, no progress bar)."""
+    """The ``python -m nmt train`` command of a job (one CPU thread, no progress bar). The bundled recipe
+    trains with bf16 autocast where the CPU has bf16 kernels: on one thread of an AMX Xeon its 15 epochs
+    on all 29,000 pairs then take about 23 minutes, within the time limit."""
     src, tgt = request.languages
-    return [python, "-m", "nmt", "train", *PRESETS[request.preset], "--attention", request.attention,
+    amp = ["--amp"] if request.preset == "bundled" and cpu_bf16_problem() is None else []
+    return [python, "-m", "nmt", "train", *PRESETS[request.preset], *amp, "--attention", request.attention,
             "--src-lang", src, "--tgt-lang", tgt,
             "--train-src", str(data / f"train.{src}.gz"), "--train-tgt", str(data / f"train.{tgt}.gz"),
             "--valid-src", str(data / f"valid.{src}.gz"), "--valid-tgt", str(data / f"valid.{tgt}.gz"),

@@ -38,7 +38,7 @@ from nmt.checkpoint import (
 )
 from nmt.config import DataConfig, DecodeConfig, EngineConfig, ModelConfig, TrainConfig, VocabConfig, from_dict, to_dict
 from nmt.data import Batch, shard
-from nmt.device import pick_device
+from nmt.device import cpu_bf16_problem, pick_device
 from nmt.engines.int8 import INT8_MAX_BLEU_LOSS, int8_keeps_quality
 from nmt.engines.search_engine import Engines, SearchEngine
 from nmt.engines.teacher_forcing import TeacherForcing
@@ -79,12 +79,9 @@ class TrainingDiverged(NMTError):
 
 def check_cpu_bf16() -> None:
     """bf16 autocast on a CPU needs oneDNN bf16 LSTM kernels (AVX-512 bf16 or AMX)."""
-    lstm = torch.nn.LSTM(8, 8, batch_first=True)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            lstm(torch.zeros(1, 2, 8))
-    except RuntimeError as exc:
-        raise ValueError(f"--amp: this CPU cannot run bf16 LSTMs ({str(exc).splitlines()[0][:80]}); train without --amp") from None
+    problem = cpu_bf16_problem()
+    if problem:
+        raise ValueError(f"--amp: this CPU cannot run bf16 LSTMs ({problem}); train without --amp")
 
 
 @dataclass
