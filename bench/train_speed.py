@@ -15,6 +15,7 @@ real run every batch shape recurs each epoch, and oneDNN's bf16 kernels are buil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import time
@@ -56,6 +57,9 @@ def main() -> None:
     p.add_argument("--seen-shapes", action=argparse.BooleanOptionalAction, default=True,
                    help="also warm up on the timed batches (their shapes are then seen, as after a first epoch)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also print the N operators with the most self CPU time over the timed steps "
+                        "(torch.profiler; it slows the steps, so the tokens/s then read low)")
     p.add_argument("--min-freq", type=int, default=2)
     p.add_argument("--synthetic", action="store_true", help="random full-length batches instead of Multi30k")
     p.add_argument("--seq-len", type=int, default=50, help="with --synthetic: tokens per sentence")
@@ -92,18 +96,22 @@ def main() -> None:
     src = tgt = 0
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     sync()
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
     start = time.perf_counter()
-    for b in batches[args.warmup :]:
-        trainer.train_step(b.to(trainer.device))
-        src += int(b.src_lengths.sum())
-        tgt += b.n_tgt_tokens
-    sync()
+    with profiler or contextlib.nullcontext():
+        for b in batches[args.warmup :]:
+            trainer.train_step(b.to(trainer.device))
+            src += int(b.src_lengths.sum())
+            tgt += b.n_tgt_tokens
+        sync()
     elapsed = time.perf_counter() - start
     print(f"model: {trainer.model.num_parameters() / 1e6:.2f} M parameters, device {trainer.device}, "
           f"threads {torch.get_num_threads()}, amp {trainer.amp}")
     print(f"training: {src / elapsed:.0f} source + {tgt / elapsed:.0f} target = {(src + tgt) / elapsed:.0f} tokens/s "
           f"({elapsed / args.batches * 1000:.1f} ms/batch of {args.batch_size})")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if profiler:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     if trainer.device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB ({torch.cuda.get_device_name()})")
 
