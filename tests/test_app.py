@@ -265,6 +265,14 @@ def test_model_summary_and_card(tiny_translators, tmp_path):
     assert "not recorded" in card  # the tiny checkpoint has no training-data settings
 
 
+def test_model_card_names_guided_alignment_and_bf16_training():
+    train = {"epochs": 20, "optim": "adam", "guided_alignment": True, "guided_alignment_weight": 0.5, "amp": True}
+    assert catalog._training_settings({"train": train}) == {"epochs": 20, "optim": "adam",
+                                                            "guided_alignment_weight": 0.5, "autocast": "bf16"}
+    plain = {**train, "guided_alignment": False, "amp": False}
+    assert catalog._training_settings({"train": plain}) == {"epochs": 20, "optim": "adam"}
+
+
 def test_validation_examples_fall_back_to_built_in_sentences(tmp_path):
     assert catalog.validation_examples("en", 2, data_dir=tmp_path) == catalog.FALLBACK_EXAMPLES["en"][:2]
 

@@ -279,7 +279,12 @@ def _training_data(extra: dict) -> dict:
 def _training_settings(extra: dict) -> dict:
     train = _section(extra, "train")
     keys = ("epochs", "optim", "learning_rate", "label_smoothing")
-    return {k: train[k] for k in keys if k in train}
+    settings = {k: train[k] for k in keys if k in train}
+    if train.get("guided_alignment") is True:
+        settings["guided_alignment_weight"] = train.get("guided_alignment_weight")
+    if train.get("amp") is True:
+        settings["autocast"] = "bf16"
+    return settings
 
 
 def plain(value) -> str:
