@@ -66,6 +66,7 @@ def candidates(run: Path, best):
     """The run's best epoch and, when it kept its last epochs (``epoch-K/``), their average."""
     yield "best epoch", best
     kept = sorted(run.glob("epoch-*"), key=lambda p: int(p.name.removeprefix("epoch-")))
+    kept = [p.relative_to(ROOT) if p.is_relative_to(ROOT) else p for p in kept]  # (recorded: no local paths)
     if len(kept) > 1:
         yield f"average of {', '.join(p.name for p in kept)}", average_checkpoints(kept)
 
